@@ -1,0 +1,3 @@
+from fh_utils.cli import main
+
+main(prog_name="fh_utils")

@@ -1,0 +1,175 @@
+"""`fh_utils dev`: one uvicorn server for the whole session, reloading in place on each save."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import watchfiles
+
+from fh_utils.errors import Failure
+from fh_utils.reload import Outcome, Reloader
+from fh_utils.server import LifespanFailed, Switch
+from fh_utils.target import AppTarget
+
+__all__ = ["DevOptions", "DevSession", "run_dev", "uvicorn_log_config"]
+
+logger = logging.getLogger("fh_utils")
+
+# watchfiles reports a change once nothing more happened for `step` ms; its default (50 ms)
+# alone would exceed our whole budget. Bursts still coalesce: anything arriving while a
+# reload runs is reported next, and each reload reads the files as they are then.
+WATCH_STEP_MS = 3
+
+
+@dataclass
+class DevOptions:
+    """Everything `fh_utils dev` needs; the CLI only fills this in."""
+
+    target: AppTarget
+    host: str = "127.0.0.1"
+    port: int = 5001
+    log_level: str | None = "info"
+    reload_dirs: Sequence[Path] = ()
+    reload_excludes: Sequence[Path] = ()
+    uvicorn: dict[str, Any] = field(default_factory=dict)  # further uvicorn.Config arguments
+
+    @property
+    def watch_dirs(self) -> list[Path]:
+        """The working directory and the app's directory, plus --reload-include."""
+        dirs: list[Path] = []
+        for d in (Path.cwd(), self.target.app_dir, *self.reload_dirs):
+            d = d.resolve()
+            if not any(d.is_relative_to(seen) for seen in dirs):
+                dirs = [s for s in dirs if not s.is_relative_to(d)] + [d]
+        return dirs
+
+
+class DevSession:
+    """Owns the reloader, the switch uvicorn serves, and the watcher task."""
+
+    def __init__(self, options: DevOptions) -> None:
+        self.options = options
+        self.reloader = Reloader(
+            options.target, options.watch_dirs, [p.resolve() for p in options.reload_excludes]
+        )
+        self.switch = Switch(self._startup, self._shutdown)
+        self._stop = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def _startup(self) -> None:
+        dirs = [str(d) for d in self.options.watch_dirs]
+        logger.info("Will watch for changes in these directories: %s", dirs)
+        started = time.perf_counter()
+        outcome = self.reloader.start()
+        if outcome.failure is not None:
+            self.switch.fail(outcome.failure)
+            logger.error(
+                "Could not load %s: %s\n%s\nServing an error page until a fix is saved.",
+                self.options.target.label, outcome.failure.summary, outcome.failure.traceback,
+            )
+        elif await self._swap(outcome):
+            logger.info(
+                "Loaded %s in %d ms", self.options.target.label,
+                (time.perf_counter() - started) * 1000,
+            )
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _shutdown(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            await self._watcher
+        await self.switch.close()
+        self.reloader.stop()
+
+    async def _watch(self) -> None:
+        async for changes in watchfiles.awatch(
+            *self.options.watch_dirs,
+            watch_filter=self._filter,
+            step=WATCH_STEP_MS,
+            stop_event=self._stop,
+            rust_timeout=500,
+        ):
+            await self.apply({Path(path) for _, path in changes})
+
+    def _filter(self, change: watchfiles.Change, path: str) -> bool:
+        return _DEFAULT_FILTER(change, path) and self.reloader.is_watched(Path(path))
+
+    async def apply(self, paths: set[Path]) -> Outcome | None:
+        """Reload for these changed files and make the result live (or report why not)."""
+        started = time.perf_counter()
+        async with self.switch.paused():
+            outcome = self.reloader.reload(paths)
+            if outcome is None:
+                return None
+            if outcome.app is not None and not await self._swap(outcome):
+                return outcome
+        for note in outcome.notes:
+            logger.warning(note)
+        if outcome.failure is not None:
+            logger.error("Reload failed: %s\n%s", outcome.failure.summary,
+                         outcome.failure.traceback)
+        elif outcome.reran or outcome.app is not None:
+            dependents = outcome.dependents
+            logger.info(
+                "Reloaded %s%s in %d ms",
+                ", ".join(outcome.changed),
+                f" (+{dependents} dependent{'s' if dependents != 1 else ''})" if dependents else "",
+                (time.perf_counter() - started) * 1000,
+            )
+        patch = self.reloader.last_patch
+        if patch is not None and patch.skipped:
+            logger.warning("Could not update in place: %s", "; ".join(patch.skipped))
+            patch.skipped.clear()
+        return outcome
+
+    async def _swap(self, outcome: Outcome) -> bool:
+        assert outcome.app is not None
+        try:
+            await self.switch.swap(outcome.app)
+        except LifespanFailed as exc:
+            if self.switch.current is None:
+                self.switch.fail(Failure(None, None, f"Lifespan startup failed: {exc}", ""))
+                logger.error("Lifespan startup failed: %s", exc)
+            else:
+                logger.error("Lifespan startup failed, the previous app keeps serving: %s", exc)
+            return False
+        return True
+
+
+_DEFAULT_FILTER = watchfiles.DefaultFilter()
+
+
+def uvicorn_log_config(level: str | None) -> dict[str, Any]:
+    """uvicorn's logging config, with the `fh_utils` logger printed the same way."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["fh_utils"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["loggers"]["watchfiles"] = {"level": "WARNING"}
+    if level:
+        config["loggers"]["fh_utils"]["level"] = level.upper()
+    return config
+
+
+def run_dev(options: DevOptions) -> None:
+    """Serve the app with in-place reloading until Ctrl+C."""
+    session = DevSession(options)
+    config = uvicorn.Config(
+        session.switch,
+        host=options.host,
+        port=options.port,
+        log_level=options.log_level,
+        log_config=uvicorn_log_config(options.log_level),
+        lifespan="on",
+        **options.uvicorn,
+    )
+    try:
+        uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, once it has stopped
+        pass

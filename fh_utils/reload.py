@@ -1,0 +1,291 @@
+"""The reload engine: changed files in, the next app (or an error) out.
+
+One reload is a batch: the changed project modules and every module that imports them are
+re-executed, dependencies first, each through IPython's `superreload`. The batch is atomic:
+files are compiled before any module is touched, and if a module raises (anything, including
+`SystemExit`) or the app can no longer be found, every module of the batch gets back its exact
+previous namespace and no old object has been patched. Only a batch that fully succeeds moves
+old functions, classes and instances onto the new code (`fh_utils.patch`).
+
+This module imports IPython; only `fh_utils dev` imports it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import types
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from IPython.extensions.autoreload import superreload
+
+from fh_utils import cache
+from fh_utils._code import same_code
+from fh_utils.errors import Failure, describe, display_path
+from fh_utils.patch import Patcher
+from fh_utils.target import AppTarget
+from fh_utils.tracking import ModuleGraph, ProjectFinder
+
+__all__ = ["AppTarget", "Outcome", "Reloader"]
+
+ASGIApp = Callable[..., Any]
+
+
+@dataclass
+class Outcome:
+    """The result of a load or a reload."""
+
+    app: ASGIApp | None = None
+    failure: Failure | None = None
+    changed: list[str] = field(default_factory=list)  # files that triggered it, for the log
+    reran: list[str] = field(default_factory=list)  # modules re-executed, in order
+    notes: list[str] = field(default_factory=list)  # things worth a log line
+
+    @property
+    def dependents(self) -> int:
+        return max(0, len(self.reran) - len(self.changed))
+
+
+class _ModuleFailed(Exception):
+    def __init__(self, module: str, error: BaseException) -> None:
+        super().__init__(module)
+        self.error = error
+
+
+class Reloader:
+    """Loads the app's module, then re-executes project modules as their files change."""
+
+    def __init__(
+        self, target: AppTarget, roots: Iterable[Path], excludes: Iterable[Path] = ()
+    ) -> None:
+        self.target = target
+        own = Path(__file__).resolve().parent  # fh_utils itself is never a project module
+        self.graph = ModuleGraph(list(roots), [*excludes, own])
+        self._finder = ProjectFinder(self.graph)
+        # Objects of earlier runs, by (module, name): all of them follow each new run.
+        self._old: dict[tuple[str, str], list[weakref.ref[Any]]] = {}
+        self._scratch: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # superreload's
+        self._pending: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # this batch's
+        self.app: ASGIApp | None = None
+        self.last_patch: Patcher | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> Outcome:
+        """Make project modules reloadable, then import the app for the first time."""
+        app_dir = str(self.target.app_dir)
+        if app_dir not in sys.path:
+            sys.path.insert(0, app_dir)
+        self._finder.install()
+        cache._activate()
+        outcome = Outcome()
+        try:
+            importlib.import_module(self.target.module)
+            outcome.app = self.app = self._resolve_app(fresh=True)
+        except BaseException as exc:  # the server stays up and shows the error instead
+            outcome.failure = self._describe(exc)
+        return outcome
+
+    def stop(self) -> None:
+        self._finder.uninstall()
+
+    def is_watched(self, path: Path) -> bool:
+        return path.suffix == ".py" and self.graph.is_project_file(path)
+
+    # -- reloading -----------------------------------------------------------------------
+    def reload(self, paths: Iterable[Path]) -> Outcome | None:
+        """Re-execute what `paths` affect; None when they affect nothing loaded."""
+        outcome = Outcome()
+        changed: list[str] = []
+        for path in sorted(set(paths)):
+            if not self.is_watched(path):
+                continue
+            name = self.graph.module_for(path)
+            if not path.exists():
+                if name is not None:
+                    outcome.notes.append(
+                        f"{display_path(path)} was deleted: its last good version keeps "
+                        "serving until the file comes back"
+                    )
+                continue
+            outcome.changed.append(display_path(path))
+            if name is not None and name in sys.modules:
+                changed.append(name)
+        needs_import = self.target.module not in sys.modules
+        if not changed and not (needs_import and outcome.changed):
+            return outcome if outcome.notes else None
+
+        for name in changed:  # a syntax error must change nothing
+            path = Path(sys.modules[name].__file__ or "")
+            try:
+                self._compile(path)
+            except BaseException as exc:
+                outcome.failure = self._describe(exc)
+                return outcome
+
+        order = [
+            n for n in self.graph.ordered(self.graph.dependents(changed)) if n in sys.modules
+        ]
+        self._run(order, outcome, needs_import)
+        return outcome
+
+    def _run(self, order: list[str], outcome: Outcome, needs_import: bool) -> None:
+        graph = self.graph
+        saved = ({n: set(d) for n, d in graph.imports.items()}, dict(graph.code))
+        before = {name: _code_by_qualname(graph.code.get(name)) for name in order}
+        done: list[tuple[types.ModuleType, dict[str, Any]]] = []
+        self._pending.clear()
+        try:
+            for name in order:
+                module = sys.modules[name]
+                cache._before_reexec(name)
+                snapshot = dict(module.__dict__)
+                superreload(module, self._reexec(snapshot), self._scratch)
+                done.append((module, snapshot))
+                _reattach_submodules(module)
+                outcome.reran.append(name)
+            if needs_import:
+                importlib.import_module(self.target.module)
+            fresh = needs_import or self.target.module in outcome.reran or self.app is None
+            app = self._resolve_app(fresh=fresh)
+        except BaseException as exc:
+            error = exc.error if isinstance(exc, _ModuleFailed) else exc
+            for module, snapshot in reversed(done):
+                module.__dict__.clear()
+                module.__dict__.update(snapshot)
+            graph.imports, graph.code = saved
+            outcome.failure = self._describe(error)
+            return
+        finally:
+            cache._reload_done()
+        self._patch([m for m, _ in done], before)
+        outcome.app = self.app = app
+
+    def _reexec(self, snapshot: dict[str, Any]) -> Callable[[types.ModuleType], Any]:
+        """The `reload` that superreload calls: run the module, or put it back as it was."""
+
+        def reexec(module: types.ModuleType) -> types.ModuleType:
+            try:
+                return importlib.reload(module)
+            except BaseException as exc:
+                module.__dict__.clear()
+                module.__dict__.update(snapshot)
+                raise _ModuleFailed(module.__name__, exc) from None
+            finally:
+                # superreload has just collected the module's old objects and would patch
+                # them now, module by module; we take them and patch once the whole batch
+                # has succeeded (see _patch), so its own update step finds nothing to do.
+                for key, refs in self._scratch.items():
+                    self._pending.setdefault(key, []).extend(refs)
+                self._scratch.clear()
+
+        return reexec
+
+    def _patch(
+        self, modules: list[types.ModuleType], before: dict[str, dict[str, types.CodeType]]
+    ) -> None:
+        after = {m.__name__: _code_by_qualname(self.graph.code.get(m.__name__)) for m in modules}
+
+        def class_changed(old: type) -> bool | None:
+            a = before.get(old.__module__, {}).get(old.__qualname__)
+            b = after.get(old.__module__, {}).get(old.__qualname__)
+            return None if a is None or b is None else not same_code(a, b)
+
+        patcher = Patcher(class_changed)
+        for key, refs in self._pending.items():
+            self._old.setdefault(key, []).extend(refs)
+        self._pending.clear()
+        names = {m.__name__: m.__dict__ for m in modules}
+        for key in list(self._old):
+            namespace = names.get(key[0])
+            if namespace is None:
+                continue
+            new = namespace.get(key[1])
+            alive = _alive(self._old[key])
+            if new is None or not alive:
+                del self._old[key]
+                continue
+            self._old[key] = [weakref.ref(o) for o in alive]
+            for old in alive:
+                if old is not new:
+                    patcher.update(old, new)
+        patcher.finish()
+        self.last_patch = patcher
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _compile(self, path: Path) -> None:
+        source = path.read_bytes()
+        cached = self.graph.compiled.get(path)
+        if cached is None or cached[0] != source:
+            code = compile(source, str(path), "exec", dont_inherit=True)
+            self.graph.compiled[path] = (source, code)
+
+    def _resolve_app(self, fresh: bool) -> ASGIApp:
+        if not fresh and self.app is not None:
+            return self.app
+        module = sys.modules[self.target.module]
+        try:
+            app = getattr(module, self.target.attr)
+        except AttributeError:
+            raise AppNotFound(
+                f"module {self.target.module!r} has no attribute {self.target.attr!r}"
+            ) from None
+        if self.target.factory:
+            app = app()
+        if app is None or inspect.ismodule(app) or not callable(app):
+            raise AppNotFound(
+                f"{self.target.label} is {type(app).__name__}, not an ASGI application"
+            )
+        if inspect.isclass(app) and not hasattr(app, "__await__"):
+            from uvicorn.middleware.asgi2 import ASGI2Middleware
+
+            app = ASGI2Middleware(app)
+        return app
+
+    def _describe(self, exc: BaseException) -> Failure:
+        if isinstance(exc, AppNotFound):
+            module = sys.modules.get(self.target.module)
+            file = getattr(module, "__file__", None)
+            return Failure(display_path(file) if file else None, None, f"AppNotFound: {exc}", "")
+        return describe(exc, self.graph.is_project_file)
+
+
+class AppNotFound(Exception):
+    """The app module ran but does not give a usable app."""
+
+
+def _reattach_submodules(module: types.ModuleType) -> None:
+    """A package's cleared namespace loses its submodule attributes: put them back."""
+    if not hasattr(module, "__path__"):
+        return
+    prefix = module.__name__ + "."
+    for name, sub in list(sys.modules.items()):
+        if name.startswith(prefix) and "." not in name[len(prefix):] and sub is not None:
+            module.__dict__.setdefault(name[len(prefix):], sub)
+
+
+def _alive(refs: list[weakref.ref[Any]]) -> list[Any]:
+    seen: set[int] = set()
+    out = []
+    for ref in refs:
+        obj = ref()
+        if obj is not None and id(obj) not in seen:
+            seen.add(id(obj))
+            out.append(obj)
+    return out
+
+
+def _code_by_qualname(code: types.CodeType | None) -> dict[str, types.CodeType]:
+    """Every function and class body compiled into a module's code, by qualified name."""
+    found: dict[str, types.CodeType] = {}
+    todo = [code] if code is not None else []
+    while todo:
+        for const in todo.pop().co_consts:
+            if isinstance(const, types.CodeType):
+                found.setdefault(const.co_qualname, const)
+                todo.append(const)
+    return found

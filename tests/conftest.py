@@ -1,0 +1,141 @@
+"""Real servers for real tests: `fh_utils dev` in a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+STARTUP_TIMEOUT = 60.0
+RELOAD_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str | Callable[[], str]
+               ) -> object:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+        except (httpx.HTTPError, OSError) as exc:
+            last_error, result = exc, None
+        if result:
+            return result
+        time.sleep(0.01)
+    if callable(what):
+        what = what()
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} ({last_error!r})")
+
+
+def write(path: Path, text: str) -> Path:
+    """Write a source file (dedented), creating its directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+class DevServer:
+    """`python -m fh_utils <command> ...` on a free port, with its output in a file."""
+
+    def __init__(self, cwd: Path, args: list[str], command: str = "dev",
+                 env: dict[str, str] | None = None) -> None:
+        self.cwd = cwd
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = cwd / f"server-{self.port}.log"
+        self._log_file = self.log_path.open("wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("PORT", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fh_utils", command, *args, "--port", str(self.port)],
+            cwd=cwd,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    # -- observing ---------------------------------------------------------------------------
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log}")
+            return "Application startup complete" in self.log and self._answers()
+
+        wait_until(ready, STARTUP_TIMEOUT, "the server to start")
+
+    def _answers(self) -> bool:
+        try:
+            self.client.get("/__fh_utils_probe__")
+        except httpx.HTTPError:
+            return False
+        return True
+
+    def get(self, path: str = "/") -> httpx.Response:
+        return self.client.get(path)
+
+    def wait_text(self, text: str, path: str = "/", timeout: float = RELOAD_TIMEOUT) -> str:
+        """Poll `path` until its body contains `text`; returns the body."""
+
+        def check() -> str | None:
+            body = self.get(path).text
+            return body if text in body else None
+
+        return wait_until(check, timeout, f"{text!r} at {path}")  # type: ignore[return-value]
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = RELOAD_TIMEOUT) -> str:
+        wait_until(lambda: self.log.count(text) >= count, timeout,
+                   lambda: f"{count}x {text!r} in the log:\n{self.log}")
+        return self.log
+
+    # -- stopping ----------------------------------------------------------------------------
+    def stop(self) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
+    """Start `fh_utils dev ARGS...` in tmp_path and wait until it answers; stopped at teardown."""
+    servers: list[DevServer] = []
+
+    def start(*args: str, cwd: Path | None = None, command: str = "dev", ready: bool = True,
+              env: dict[str, str] | None = None) -> DevServer:
+        server = DevServer(cwd or tmp_path, list(args), command=command, env=env)
+        servers.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
