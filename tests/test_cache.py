@@ -76,6 +76,10 @@ class Module:
         return self.runs_file.read_text().splitlines() if self.runs_file.exists() else []
 
 
+MakeModule = Callable[[str], Module]
+Messages = Callable[[], list[str]]
+
+
 @pytest.fixture(autouse=True)
 def _reset() -> Iterator[None]:
     cache._deactivate_for_tests()
@@ -89,7 +93,7 @@ def dev() -> None:
 
 
 @pytest.fixture
-def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Module]]:
+def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeModule]:
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # an edit within a second: no old .pyc
     created: list[Module] = []
@@ -104,7 +108,7 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 
 
 @pytest.fixture
-def messages(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+def messages(caplog: pytest.LogCaptureFixture) -> Messages:
     caplog.set_level(logging.INFO, logger="fh_utils")
     return lambda: [r.getMessage() for r in caplog.records if r.name == "fh_utils"]
 
@@ -132,7 +136,7 @@ def join(threads: list[threading.Thread]) -> None:
 # --- no_reload_cache in dev mode ---------------------------------------------------------------
 
 
-def test_values_survive_reexecution(dev: None, make_module: Any, messages: Any) -> None:
+def test_values_survive_reexecution(dev: None, make_module: MakeModule, messages: Messages) -> None:
     m = make_module(LOADER)
     module = m.load()
     first = module.MODEL
@@ -143,7 +147,9 @@ def test_values_survive_reexecution(dev: None, make_module: Any, messages: Any) 
     assert messages() == []
 
 
-def test_edited_body_recomputes_and_logs_once(dev: None, make_module: Any, messages: Any) -> None:
+def test_edited_body_recomputes_and_logs_once(
+    dev: None, make_module: MakeModule, messages: Messages
+) -> None:
     m = make_module(LOADER)
     first = m.load().MODEL
     m.write(LOADER.replace('record("load")', 'record("load v2")'))
@@ -156,7 +162,7 @@ def test_edited_body_recomputes_and_logs_once(dev: None, make_module: Any, messa
 
 
 def test_unrelated_line_above_does_not_recompute(
-    dev: None, make_module: Any, messages: Any
+    dev: None, make_module: MakeModule, messages: Messages
 ) -> None:
     m = make_module(LOADER)
     m.load()
@@ -176,7 +182,7 @@ def test_unrelated_line_above_does_not_recompute(
     ],
 )
 def test_decorator_arguments_count_as_code(
-    dev: None, make_module: Any, decorator: str, recomputes: bool
+    dev: None, make_module: MakeModule, decorator: str, recomputes: bool
 ) -> None:
     m = make_module(LOADER)
     m.load()
@@ -185,7 +191,7 @@ def test_decorator_arguments_count_as_code(
     assert m.runs() == (["load", "load"] if recomputes else ["load"])
 
 
-def test_changed_default_recomputes(dev: None, make_module: Any) -> None:
+def test_changed_default_recomputes(dev: None, make_module: MakeModule) -> None:
     source = LOADER.replace("def load_model():", 'def load_model(size="small"):')
     m = make_module(source)
     m.load()
@@ -194,7 +200,7 @@ def test_changed_default_recomputes(dev: None, make_module: Any) -> None:
     assert m.runs() == ["load", "load"]
 
 
-def test_positional_and_keyword_arguments(dev: None, make_module: Any) -> None:
+def test_positional_and_keyword_arguments(dev: None, make_module: MakeModule) -> None:
     m = make_module(
         """
         from fh_utils.cache import no_reload_cache
@@ -217,7 +223,7 @@ def test_positional_and_keyword_arguments(dev: None, make_module: Any) -> None:
 
 @pytest.mark.parametrize(("maxsize", "typed"), [(2, True), (1, False), (0, False), (None, False)])
 def test_same_semantics_as_lru_cache(
-    dev: None, make_module: Any, maxsize: int | None, typed: bool
+    dev: None, make_module: MakeModule, maxsize: int | None, typed: bool
 ) -> None:
     m = make_module(
         f"""
@@ -245,7 +251,7 @@ def test_same_semantics_as_lru_cache(
     assert ident.cache_parameters() == reference.cache_parameters()
 
 
-def test_dev_wrapper_is_a_plain_function(dev: None, make_module: Any) -> None:
+def test_dev_wrapper_is_a_plain_function(dev: None, make_module: MakeModule) -> None:
     load_model = make_module(LOADER).load().load_model
     assert type(load_model) is types.FunctionType
     assert load_model.__name__ == "load_model"
@@ -253,7 +259,7 @@ def test_dev_wrapper_is_a_plain_function(dev: None, make_module: Any) -> None:
     assert load_model.cache_info().currsize == 1
 
 
-def test_old_reference_patched_like_the_engine_follows(dev: None, make_module: Any) -> None:
+def test_old_reference_patched_like_the_engine_follows(dev: None, make_module: MakeModule) -> None:
     m = make_module(LOADER)
     old = m.load().load_model
     m.write(LOADER.replace('record("load")', 'record("load v2")'))
@@ -271,7 +277,7 @@ def test_old_reference_patched_like_the_engine_follows(dev: None, make_module: A
 
 
 def test_failed_reexecution_restored_by_the_engine_keeps_values(
-    dev: None, make_module: Any, messages: Any
+    dev: None, make_module: MakeModule, messages: Messages
 ) -> None:
     source = LOADER.replace("MODEL = load_model()", "")
     m = make_module(source)
@@ -289,7 +295,7 @@ def test_failed_reexecution_restored_by_the_engine_keeps_values(
 
 
 def test_same_name_defined_twice_keeps_two_caches(
-    dev: None, make_module: Any, messages: Any
+    dev: None, make_module: MakeModule, messages: Messages
 ) -> None:
     m = make_module(
         """
@@ -342,7 +348,7 @@ def load(name, gate):
 """
 
 
-def test_concurrent_first_calls_compute_once(dev: None, make_module: Any) -> None:
+def test_concurrent_first_calls_compute_once(dev: None, make_module: MakeModule) -> None:
     m = make_module(GATED)
     load = m.load().load
     started, release = threading.Event(), threading.Event()
@@ -368,7 +374,9 @@ def test_concurrent_first_calls_compute_once(dev: None, make_module: Any) -> Non
     assert len({id(value) for value in results.values()}) == 1
 
 
-def test_exception_reaches_every_waiter_and_is_not_cached(dev: None, make_module: Any) -> None:
+def test_exception_reaches_every_waiter_and_is_not_cached(
+    dev: None, make_module: MakeModule
+) -> None:
     m = make_module(GATED)
     load = m.load().load
     started, release = threading.Event(), threading.Event()
@@ -404,7 +412,7 @@ def test_exception_reaches_every_waiter_and_is_not_cached(dev: None, make_module
     assert m.runs() == ["load m"]
 
 
-def test_different_arguments_compute_in_parallel(dev: None, make_module: Any) -> None:
+def test_different_arguments_compute_in_parallel(dev: None, make_module: MakeModule) -> None:
     m = make_module(GATED)
     load = m.load().load
     started, release = threading.Event(), threading.Event()
@@ -423,7 +431,7 @@ def test_different_arguments_compute_in_parallel(dev: None, make_module: Any) ->
     assert m.runs() == ["load fast", "load slow"]
 
 
-def test_recursive_call_with_same_arguments_raises(dev: None, make_module: Any) -> None:
+def test_recursive_call_with_same_arguments_raises(dev: None, make_module: MakeModule) -> None:
     m = make_module(
         """
         from fh_utils.cache import no_reload_cache
@@ -467,7 +475,9 @@ def connect(name):
 """
 
 
-def test_cleanup_runs_for_dropped_values(dev: None, make_module: Any, messages: Any) -> None:
+def test_cleanup_runs_for_dropped_values(
+    dev: None, make_module: MakeModule, messages: Messages
+) -> None:
     m = make_module(CLEANED)
     connect = m.load().connect
     for name in ["a", "bad", "c", "d"]:  # "a" is evicted by "d"
@@ -488,7 +498,9 @@ def test_cleanup_runs_for_dropped_values(dev: None, make_module: Any, messages: 
 # --- on_reload -----------------------------------------------------------------------------------
 
 
-def test_on_reload_runs_once_per_reexecution(dev: None, make_module: Any, messages: Any) -> None:
+def test_on_reload_runs_once_per_reexecution(
+    dev: None, make_module: MakeModule, messages: Messages
+) -> None:
     m = make_module(
         """
         from fh_utils.cache import on_reload
@@ -535,7 +547,9 @@ class Registry:
 """
 
 
-def test_no_reload_keeps_identity_and_state(dev: None, make_module: Any, messages: Any) -> None:
+def test_no_reload_keeps_identity_and_state(
+    dev: None, make_module: MakeModule, messages: Messages
+) -> None:
     m = make_module(PINNED)
     module = m.load()
     handler, registry = module.handler, module.Registry
@@ -551,7 +565,7 @@ def test_no_reload_keeps_identity_and_state(dev: None, make_module: Any, message
 
 
 def test_no_reload_ignores_edits_and_logs_once_per_reload(
-    dev: None, make_module: Any, messages: Any
+    dev: None, make_module: MakeModule, messages: Messages
 ) -> None:
     m = make_module(PINNED)
     module = m.load()
@@ -571,7 +585,7 @@ def test_no_reload_ignores_edits_and_logs_once_per_reload(
 
 
 def test_no_reload_below_no_reload_cache_keeps_values(
-    dev: None, make_module: Any, messages: Any
+    dev: None, make_module: MakeModule, messages: Messages
 ) -> None:
     source = LOADER.replace("@no_reload_cache\n", "@no_reload_cache\n@no_reload\n")
     source = source.replace("import no_reload_cache", "import no_reload, no_reload_cache")
@@ -583,7 +597,7 @@ def test_no_reload_below_no_reload_cache_keeps_values(
     assert messages() == ["load_model is pinned by @no_reload: edits ignored until restart"]
 
 
-def test_no_reload_above_no_reload_cache_is_an_error(dev: None, make_module: Any) -> None:
+def test_no_reload_above_no_reload_cache_is_an_error(dev: None, make_module: MakeModule) -> None:
     source = LOADER.replace("@no_reload_cache\n", "@no_reload\n@no_reload_cache\n")
     m = make_module(source.replace("import no_reload_cache", "import no_reload, no_reload_cache"))
     with pytest.raises(TypeError, match="put @no_reload below it"):
@@ -608,7 +622,7 @@ def test_outside_dev_mode_is_lru_cache(maxsize: int | None, typed: bool) -> None
     assert isinstance(no_reload_cache(ident), functools._lru_cache_wrapper)
 
 
-def test_outside_dev_mode_is_identity(make_module: Any) -> None:
+def test_outside_dev_mode_is_identity(make_module: MakeModule) -> None:
     def callback() -> None:
         raise AssertionError("not registered outside dev mode")
 
