@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 import watchfiles
@@ -19,7 +19,7 @@ from fh_utils.reload import Outcome, Reloader
 from fh_utils.server import LifespanFailed, Switch
 from fh_utils.target import AppTarget
 
-__all__ = ["DevOptions", "DevSession", "run_dev", "uvicorn_log_config"]
+__all__ = ["DevListener", "DevOptions", "DevSession", "run_dev", "uvicorn_log_config"]
 
 logger = logging.getLogger("fh_utils")
 
@@ -27,6 +27,25 @@ logger = logging.getLogger("fh_utils")
 # alone would exceed our whole budget. Bursts still coalesce: anything arriving while a
 # reload runs is reported next, and each reload reads the files as they are then.
 WATCH_STEP_MS = 3
+
+# Files the browser loads: a change needs no Python reload, only the page told.
+STATIC_SUFFIXES = frozenset(
+    {".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".webp",
+     ".avif", ".woff", ".woff2", ".ttf", ".otf"}
+)
+
+
+class DevListener(Protocol):
+    """Told about each reload, e.g. to refresh open browser pages (`--live`)."""
+
+    async def reloaded(self, outcome: Outcome) -> None:
+        """The new code is live (the new app, if any, is serving)."""
+
+    async def failed(self, failure: Failure) -> None:
+        """A reload failed; the last good app keeps serving."""
+
+    async def static_changed(self, paths: list[Path]) -> None:
+        """Files the browser loads (CSS, JS, images) changed; no Python code re-ran."""
 
 
 @dataclass
@@ -63,6 +82,8 @@ class DevSession:
         self.switch = Switch(self._startup, self._shutdown)
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self.listeners: list[DevListener] = []
+        self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
 
     async def _startup(self) -> None:
         dirs = [str(d) for d in self.options.watch_dirs]
@@ -71,6 +92,7 @@ class DevSession:
         outcome = self.reloader.start()
         if outcome.failure is not None:
             self.switch.fail(outcome.failure)
+            await self._notify("failed", outcome.failure)
             logger.error(
                 "Could not load %s: %s\n%s\nServing an error page until a fix is saved.",
                 self.options.target.label, outcome.failure.summary, outcome.failure.traceback,
@@ -100,23 +122,30 @@ class DevSession:
             await self.apply({Path(path) for _, path in changes})
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
-        return _DEFAULT_FILTER(change, path) and self.reloader.is_watched(Path(path))
+        return _DEFAULT_FILTER(change, path) and self.reloader.graph.is_project_file(Path(path))
 
     async def apply(self, paths: set[Path]) -> Outcome | None:
         """Reload for these changed files and make the result live (or report why not)."""
         started = time.perf_counter()
-        async with self.switch.paused():
-            outcome = self.reloader.reload(paths)
-            if outcome is None:
-                return None
-            if outcome.app is not None and not await self._swap(outcome):
-                return outcome
+        static = sorted(p for p in paths if p.suffix.lower() in STATIC_SUFFIXES)
+        plan = self.reloader.plan(paths)
+        if plan is None:
+            if static:
+                await self._notify("static_changed", static)
+            return None
+        outcome = plan.outcome
+        if plan.runnable:
+            async with self.switch.paused():
+                outcome = self.reloader.run(plan)
+                if outcome.app is not None and not await self._swap(outcome):
+                    return outcome
         for note in outcome.notes:
             logger.warning(note)
         if outcome.failure is not None:
             logger.error("Reload failed: %s\n%s", outcome.failure.summary,
                          outcome.failure.traceback)
-        elif outcome.reran or outcome.app is not None:
+            await self._notify("failed", outcome.failure)
+        elif plan.runnable:
             dependents = outcome.dependents
             logger.info(
                 "Reloaded %s%s in %d ms",
@@ -124,11 +153,21 @@ class DevSession:
                 f" (+{dependents} dependent{'s' if dependents != 1 else ''})" if dependents else "",
                 (time.perf_counter() - started) * 1000,
             )
+            await self._notify("reloaded", outcome)
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
             logger.warning("Could not update in place: %s", "; ".join(patch.skipped))
             patch.skipped.clear()
+        if static:
+            await self._notify("static_changed", static)
         return outcome
+
+    async def _notify(self, event: str, payload: object) -> None:
+        for listener in self.listeners:
+            try:
+                await getattr(listener, event)(payload)
+            except Exception:
+                logger.exception("A reload listener failed on %s", event)
 
     async def _swap(self, outcome: Outcome) -> bool:
         assert outcome.app is not None
@@ -161,7 +200,7 @@ def run_dev(options: DevOptions) -> None:
     """Serve the app with in-place reloading until Ctrl+C."""
     session = DevSession(options)
     config = uvicorn.Config(
-        session.switch,
+        session.asgi,
         host=options.host,
         port=options.port,
         log_level=options.log_level,

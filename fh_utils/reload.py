@@ -31,7 +31,7 @@ from fh_utils.patch import Patcher
 from fh_utils.target import AppTarget
 from fh_utils.tracking import ModuleGraph, ProjectFinder
 
-__all__ = ["AppTarget", "Outcome", "Reloader"]
+__all__ = ["AppNotFound", "Outcome", "Plan", "Reloader"]
 
 ASGIApp = Callable[..., Any]
 
@@ -49,6 +49,19 @@ class Outcome:
     @property
     def dependents(self) -> int:
         return max(0, len(self.reran) - len(self.changed))
+
+
+@dataclass
+class Plan:
+    """The modules to re-execute, in order; `outcome` already holds any early failure."""
+
+    order: list[str]
+    needs_import: bool
+    outcome: Outcome
+
+    @property
+    def runnable(self) -> bool:
+        return self.outcome.failure is None and bool(self.order or self.needs_import)
 
 
 class _ModuleFailed(Exception):
@@ -97,8 +110,11 @@ class Reloader:
         return path.suffix == ".py" and self.graph.is_project_file(path)
 
     # -- reloading -----------------------------------------------------------------------
-    def reload(self, paths: Iterable[Path]) -> Outcome | None:
-        """Re-execute what `paths` affect; None when they affect nothing loaded."""
+    def plan(self, paths: Iterable[Path]) -> Plan | None:
+        """Work out what `paths` affect, and compile them; None when nothing loaded is affected.
+
+        Nothing is executed here: a syntax error gives a plan that is already failed.
+        """
         outcome = Outcome()
         changed: list[str] = []
         for path in sorted(set(paths)):
@@ -117,21 +133,25 @@ class Reloader:
                 changed.append(name)
         needs_import = self.target.module not in sys.modules
         if not changed and not (needs_import and outcome.changed):
-            return outcome if outcome.notes else None
+            return Plan([], False, outcome) if outcome.notes else None
 
         for name in changed:  # a syntax error must change nothing
-            path = Path(sys.modules[name].__file__ or "")
             try:
-                self._compile(path)
+                self._compile(Path(sys.modules[name].__file__ or ""))
             except BaseException as exc:
                 outcome.failure = self._describe(exc)
-                return outcome
+                return Plan([], False, outcome)
 
         order = [
             n for n in self.graph.ordered(self.graph.dependents(changed)) if n in sys.modules
         ]
-        self._run(order, outcome, needs_import)
-        return outcome
+        return Plan(order, needs_import, outcome)
+
+    def run(self, plan: Plan) -> Outcome:
+        """Execute a plan: the whole batch succeeds, or nothing of it stays."""
+        if plan.runnable:
+            self._run(plan.order, plan.outcome, plan.needs_import)
+        return plan.outcome
 
     def _run(self, order: list[str], outcome: Outcome, needs_import: bool) -> None:
         graph = self.graph
