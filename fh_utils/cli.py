@@ -66,8 +66,8 @@ def dev(
             host=host,
             port=port,
             log_level=log_level,
-            reload_dirs=reload_includes,
-            reload_excludes=reload_excludes,
+            reload_includes=[str(d) for d in reload_includes],
+            reload_excludes=[str(d) for d in reload_excludes],
         )
     )
 

@@ -18,6 +18,7 @@ from fh_utils.errors import Failure
 from fh_utils.reload import Outcome, Reloader
 from fh_utils.server import LifespanFailed, Switch
 from fh_utils.target import AppTarget
+from fh_utils.watch import WatchSpec
 
 __all__ = ["DevListener", "DevOptions", "DevSession", "run_dev", "uvicorn_log_config"]
 
@@ -56,19 +57,12 @@ class DevOptions:
     host: str = "127.0.0.1"
     port: int = 5001
     log_level: str | None = "info"
-    reload_dirs: Sequence[Path] = ()
-    reload_excludes: Sequence[Path] = ()
+    reload_includes: Sequence[str] = ()
+    reload_excludes: Sequence[str] = ()
     uvicorn: dict[str, Any] = field(default_factory=dict)  # further uvicorn.Config arguments
 
-    @property
-    def watch_dirs(self) -> list[Path]:
-        """The working directory and the app's directory, plus --reload-include."""
-        dirs: list[Path] = []
-        for d in (Path.cwd(), self.target.app_dir, *self.reload_dirs):
-            d = d.resolve()
-            if not any(d.is_relative_to(seen) for seen in dirs):
-                dirs = [s for s in dirs if not s.is_relative_to(d)] + [d]
-        return dirs
+    def watch_spec(self) -> WatchSpec:
+        return WatchSpec(self.target.app_dir, self.reload_includes, self.reload_excludes)
 
 
 class DevSession:
@@ -76,9 +70,8 @@ class DevSession:
 
     def __init__(self, options: DevOptions) -> None:
         self.options = options
-        self.reloader = Reloader(
-            options.target, options.watch_dirs, [p.resolve() for p in options.reload_excludes]
-        )
+        self.watch = options.watch_spec()
+        self.reloader = Reloader(options.target, self.watch.dirs, self.watch.exclude_dirs)
         self.switch = Switch(self._startup, self._shutdown)
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
@@ -86,7 +79,7 @@ class DevSession:
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
 
     async def _startup(self) -> None:
-        dirs = [str(d) for d in self.options.watch_dirs]
+        dirs = [str(d) for d in self.watch.dirs]
         logger.info("Will watch for changes in these directories: %s", dirs)
         started = time.perf_counter()
         outcome = self.reloader.start()
@@ -113,7 +106,7 @@ class DevSession:
 
     async def _watch(self) -> None:
         async for changes in watchfiles.awatch(
-            *self.options.watch_dirs,
+            *self.watch.dirs,
             watch_filter=self._filter,
             step=WATCH_STEP_MS,
             stop_event=self._stop,
@@ -122,7 +115,7 @@ class DevSession:
             await self.apply({Path(path) for _, path in changes})
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
-        return _DEFAULT_FILTER(change, path) and self.reloader.graph.is_project_file(Path(path))
+        return self.watch(change, path) and self.reloader.graph.is_project_file(Path(path))
 
     async def apply(self, paths: set[Path]) -> Outcome | None:
         """Reload for these changed files and make the result live (or report why not)."""
@@ -181,9 +174,6 @@ class DevSession:
                 logger.error("Lifespan startup failed, the previous app keeps serving: %s", exc)
             return False
         return True
-
-
-_DEFAULT_FILTER = watchfiles.DefaultFilter()
 
 
 def uvicorn_log_config(level: str | None) -> dict[str, Any]:
