@@ -1,75 +1,188 @@
-"""The `fh_utils` command: turns options into a call of a typed function, nothing more."""
+"""The `fh_utils` command: turns options into a call of a typed function, nothing more.
+
+Both commands take every uvicorn command-line option that makes sense for them, copied from
+the installed uvicorn so names, types, defaults and help stay the same. Each option can also come
+from an environment variable `FH_UTILS_<OPTION>` (`FH_UTILS_PORT`, `FH_UTILS_ROOT_PATH`, ...);
+an explicit flag wins.
+"""
 
 from __future__ import annotations
 
+import copy
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import click
+import uvicorn
 
 from fh_utils import __version__
-from fh_utils.target import TargetError, resolve_target
+from fh_utils.target import AppTarget, TargetError, resolve_target
 
-__all__ = ["main"]
+__all__ = ["main", "uvicorn_kwargs"]
 
-LOG_LEVELS = ["critical", "error", "warning", "info", "debug", "trace"]
+_UVICORN: click.Command = sys.modules["uvicorn.main"].main  # the `uvicorn` command itself
+# uvicorn options fh_utils defines itself, or that the commands below never take.
+_NOT_COPIED = {"app", "reload", "version", "factory", "port"}
+_RELOAD_OPTIONS = ("reload_dirs", "reload_includes", "reload_excludes", "reload_delay")
+
+# Options that exist on a command but cannot apply there: refused with the reason.
+DEV_REFUSED = {
+    "workers": "fh_utils dev serves one process that reloads in place; "
+    "use `fh_utils run --workers N` for several workers",
+    "timeout_worker_healthcheck": "it applies to --workers, which fh_utils dev does not use",
+}
+RUN_REFUSED = {
+    "reload_dirs": "fh_utils run is production mode and never reloads; use `fh_utils dev`",
+    "reload_includes": "fh_utils run is production mode and never reloads; use `fh_utils dev`",
+    "reload_excludes": "fh_utils run is production mode and never reloads; use `fh_utils dev`",
+    "reload_delay": "fh_utils run is production mode and never reloads; use `fh_utils dev`",
+    "reload": "fh_utils run is production mode and never reloads; use `fh_utils dev`",
+    "live": "live browser refresh exists only in `fh_utils dev --live`",
+    "clear": "fh_utils run does not reload, so there is nothing to clear between reloads",
+}
+
+
+def _env(option: str) -> str:
+    return "FH_UTILS_" + option.lstrip("-").replace("-", "_").upper()
+
+
+def _copy(param: click.Parameter, **changes: Any) -> click.Option:
+    option = copy.copy(param)
+    assert isinstance(option, click.Option)
+    option.envvar = _env(option.opts[0])
+    option.show_envvar = False
+    option.show_default = True
+    for key, value in changes.items():
+        setattr(option, key, value)
+    return option
+
+
+def _uvicorn_options(skip: set[str]) -> Callable[[click.Command], click.Command]:
+    def add(command: click.Command) -> click.Command:
+        for param in _UVICORN.params:
+            if isinstance(param, click.Option) and param.name not in skip | _NOT_COPIED:
+                command.params.append(_copy(param))
+        return command
+
+    return add
+
+
+def _common(command: click.Command) -> click.Command:
+    """PATH, --app, --factory, --port: the same on both commands."""
+    factory = next(p for p in _UVICORN.params if p.name == "factory")
+    command.params[:0] = [
+        click.Argument(["path"]),
+        click.Option(["--app", "attr"], default="app", show_default=True, envvar=_env("app"),
+                     help="Name of the ASGI app (or factory) in the module; "
+                     "`module:attr` in PATH wins."),
+        _copy(factory),
+        click.Option(["--port"], type=int, default=5001, show_default=True,
+                     envvar=[_env("port"), "PORT"],
+                     help="Bind socket to this port (also from $PORT, as FastHTML's serve)."),
+    ]
+    return command
+
+
+def _refuse(ctx: click.Context, refused: dict[str, str], values: dict[str, Any]) -> None:
+    for name, reason in refused.items():
+        if name not in values:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source in (click.core.ParameterSource.COMMANDLINE,
+                      click.core.ParameterSource.ENVIRONMENT):
+            flag = next(p.opts[0] for p in ctx.command.params if p.name == name)
+            raise click.UsageError(f"{flag} cannot be used here: {reason}.")
+
+
+def uvicorn_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """Option values (as click gives them) → keyword arguments for `uvicorn.Config`."""
+    kwargs = {
+        k: v for k, v in values.items()
+        if k not in {"path", "attr", "factory", "app_dir", "reload", "live", "clear", "workers",
+                     "timeout_worker_healthcheck", *_RELOAD_OPTIONS}
+    }
+    kwargs["headers"] = [tuple(h.split(":", 1)) for h in values.get("headers") or ()]
+    for header in kwargs["headers"]:
+        if len(header) != 2:
+            raise click.BadParameter(f"{header[0]!r} is not 'Name: value'", param_hint="--header")
+    if kwargs.get("log_config") is None:
+        kwargs.pop("log_config", None)
+    return kwargs
+
+
+def _target(values: dict[str, Any]) -> AppTarget:
+    try:
+        return resolve_target(values["path"], values["attr"], values["factory"],
+                              app_dir=values.get("app_dir") or None)
+    except TargetError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fh_utils")
+@click.version_option(__version__, prog_name="fh_utils",
+                      message=f"%(prog)s %(version)s (uvicorn {uvicorn.__version__})")
 def main() -> None:
     """fh_utils: a dev server that makes each saved edit live in the same process."""
 
 
-@main.command()
-@click.argument("path")
-@click.option("--app", "attr", default="app", show_default=True,
-              help="Name of the ASGI app (or factory) in the module.")
-@click.option("--factory", is_flag=True, default=False,
-              help="Treat the attribute as a factory that returns the app.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind to this address.")
-@click.option("--port", type=int, default=5001, show_default=True, envvar="PORT",
-              show_envvar=True, help="Bind to this port.")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
-              help="Log level.")
-@click.option("--reload-include", "reload_includes", multiple=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Also watch this directory (repeatable).")
-@click.option("--reload-exclude", "reload_excludes", multiple=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Never reload from this directory (repeatable).")
-def dev(
-    path: str,
-    attr: str,
-    factory: bool,
-    host: str,
-    port: int,
-    log_level: str,
-    reload_includes: tuple[Path, ...],
-    reload_excludes: tuple[Path, ...],
-) -> None:
+@_common
+@_uvicorn_options(skip=set())
+@main.command(context_settings={"show_default": True})
+@click.option("--reload", "reload", type=click.Choice(["fast", "full", "no"]), default="fast",
+              envvar=_env("reload"),
+              help="fast: re-run changed modules in place; full: restart the process on "
+              "change, like uvicorn --reload; no: do not watch.")
+@click.option("--live/--no-live", default=False, envvar=_env("live"),
+              help="Refresh open browser pages after each reload and show errors in the page.")
+@click.option("--clear/--no-clear", default=False, envvar=_env("clear"),
+              help="Clear the terminal before each reload, so only the latest output shows.")
+@click.pass_context
+def dev(ctx: click.Context, **values: Any) -> None:
     """Serve PATH (app.py, src/pkg/app.py or module:attr), reloading edits in place."""
-    try:
-        target = resolve_target(path, attr, factory)
-    except TargetError as exc:
-        raise click.UsageError(str(exc)) from None
-    for directory in reload_includes:
-        if not directory.is_dir():
-            raise click.BadParameter(
-                f"{directory} is not a directory", param_hint="--reload-include"
-            )
+    _refuse(ctx, DEV_REFUSED, values)
+    if values["reload"] != "full" and ctx.get_parameter_source("reload_delay") in (
+        click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT
+    ):
+        raise click.UsageError("--reload-delay cannot be used here: it applies to --reload full.")
+    target = _target(values)
     from fh_utils.dev import DevOptions, run_dev  # imports IPython: only here
 
+    kwargs = uvicorn_kwargs(values)
     run_dev(
         DevOptions(
             target=target,
-            host=host,
-            port=port,
-            log_level=log_level,
-            reload_includes=[str(d) for d in reload_includes],
-            reload_excludes=[str(d) for d in reload_excludes],
+            host=kwargs.pop("host"),
+            port=kwargs.pop("port"),
+            log_level=kwargs.pop("log_level"),
+            reload=values["reload"],
+            live=values["live"],
+            clear=values["clear"],
+            reload_includes=[*values["reload_dirs"], *values["reload_includes"]],
+            reload_excludes=list(values["reload_excludes"]),
+            reload_delay=values["reload_delay"],
+            uvicorn=kwargs,
         )
     )
+
+
+@_common
+@_uvicorn_options(skip=set())
+@main.command(context_settings={"show_default": True})
+@click.option("--reload", "reload", is_flag=True, hidden=True)
+@click.option("--live", is_flag=True, hidden=True)
+@click.option("--clear", is_flag=True, hidden=True)
+@click.pass_context
+def run(ctx: click.Context, **values: Any) -> None:
+    """Serve PATH in production: plain uvicorn, no watcher, no reload machinery."""
+    _refuse(ctx, RUN_REFUSED, values)
+    target = _target(values)
+    kwargs = uvicorn_kwargs(values)
+    kwargs["log_level"] = kwargs.get("log_level")
+    from fh_utils.production import run_production
+
+    run_production(target, workers=values["workers"],
+                   timeout_worker_healthcheck=values["timeout_worker_healthcheck"], **kwargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

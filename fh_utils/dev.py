@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
+import json
 import logging
+import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import uvicorn
 import watchfiles
+from uvicorn.middleware.asgi2 import ASGI2Middleware
+from uvicorn.middleware.wsgi import WSGIMiddleware
 
 from fh_utils.errors import Failure
+from fh_utils.live import LiveHub, LiveReloadMiddleware
 from fh_utils.reload import Outcome, Reloader
-from fh_utils.server import LifespanFailed, Switch
+from fh_utils.server import LifespanFailed, StartupAbort, Switch
 from fh_utils.target import AppTarget
 from fh_utils.watch import WatchSpec
 
 __all__ = ["DevListener", "DevOptions", "DevSession", "run_dev", "uvicorn_log_config"]
 
 logger = logging.getLogger("fh_utils")
+
+CLEAR_SCREEN = "\x1b[2J\x1b[3J\x1b[H"
 
 # watchfiles reports a change once nothing more happened for `step` ms; its default (50 ms)
 # alone would exceed our whole budget. Bursts still coalesce: anything arriving while a
@@ -57,8 +66,12 @@ class DevOptions:
     host: str = "127.0.0.1"
     port: int = 5001
     log_level: str | None = "info"
+    reload: Literal["fast", "full", "no"] = "fast"
+    live: bool = False
+    clear: bool = False
     reload_includes: Sequence[str] = ()
     reload_excludes: Sequence[str] = ()
+    reload_delay: float = 0.25
     uvicorn: dict[str, Any] = field(default_factory=dict)  # further uvicorn.Config arguments
 
     def watch_spec(self) -> WatchSpec:
@@ -72,17 +85,30 @@ class DevSession:
         self.options = options
         self.watch = options.watch_spec()
         self.reloader = Reloader(options.target, self.watch.dirs, self.watch.exclude_dirs)
-        self.switch = Switch(self._startup, self._shutdown)
+        settings = dict(options.uvicorn)
+        # These two describe the user's app; the switch uvicorn serves is always ASGI 3.
+        self._interface = settings.pop("interface", "auto")
+        self.switch = Switch(self._startup, self._shutdown, settings.pop("lifespan", "auto"))
+        self.uvicorn_settings = settings
+        self._adapted: tuple[Any, Any] | None = None
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self.listeners: list[DevListener] = []
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
+        self.live: LiveHub | None = None
+        if options.live:
+            self.live = LiveHub()
+            self.listeners.append(self.live)
+            self.asgi = LiveReloadMiddleware(self.switch, self.live)
 
     async def _startup(self) -> None:
-        dirs = [str(d) for d in self.watch.dirs]
-        logger.info("Will watch for changes in these directories: %s", dirs)
+        if self.options.reload == "fast":
+            dirs = [str(d) for d in self.watch.dirs]
+            logger.info("Will watch for changes in these directories: %s", dirs)
         started = time.perf_counter()
         outcome = self.reloader.start()
+        if outcome.failure is not None and self._is_mistake(outcome.failure):
+            raise StartupAbort(f"{outcome.failure.summary}: check PATH and --app")
         if outcome.failure is not None:
             self.switch.fail(outcome.failure)
             await self._notify("failed", outcome.failure)
@@ -95,10 +121,20 @@ class DevSession:
                 "Loaded %s in %d ms", self.options.target.label,
                 (time.perf_counter() - started) * 1000,
             )
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        if self.options.reload == "fast":
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def _is_mistake(self, failure: Failure) -> bool:
+        """The command line names an app that is not there (not a crash in the app's code)."""
+        module = self.options.target.module
+        missing = {f"ModuleNotFoundError: No module named '{module[: i]}'"
+                   for i in [len(module), *(i for i, c in enumerate(module) if c == ".")]}
+        return failure.error.startswith("AppNotFound:") or failure.error in missing
 
     async def _shutdown(self) -> None:
         self._stop.set()
+        if self.live is not None:
+            await self.live.close()
         if self._watcher is not None:
             await self._watcher
         await self.switch.close()
@@ -132,6 +168,9 @@ class DevSession:
                 outcome = self.reloader.run(plan)
                 if outcome.app is not None and not await self._swap(outcome):
                     return outcome
+        if self.options.clear:
+            sys.stderr.write(CLEAR_SCREEN)
+            sys.stderr.flush()
         for note in outcome.notes:
             logger.warning(note)
         if outcome.failure is not None:
@@ -162,10 +201,18 @@ class DevSession:
             except Exception:
                 logger.exception("A reload listener failed on %s", event)
 
+    def _adapt(self, app: Any) -> Any:
+        """The app as ASGI 3, per --interface (the same wrapper while the app is the same)."""
+        if self._adapted is not None and self._adapted[0] is app:
+            return self._adapted[1]
+        wrapped = adapt_interface(app, self._interface)
+        self._adapted = (app, wrapped)
+        return wrapped
+
     async def _swap(self, outcome: Outcome) -> bool:
         assert outcome.app is not None
         try:
-            await self.switch.swap(outcome.app)
+            await self.switch.swap(self._adapt(outcome.app))
         except LifespanFailed as exc:
             if self.switch.current is None:
                 self.switch.fail(Failure(None, None, f"Lifespan startup failed: {exc}", ""))
@@ -186,19 +233,66 @@ def uvicorn_log_config(level: str | None) -> dict[str, Any]:
     return config
 
 
+def adapt_interface(app: Any, interface: str) -> Any:
+    """Wrap an ASGI 2 or WSGI app so the switch can call it as ASGI 3 (uvicorn's rules)."""
+    if interface == "auto":
+        if inspect.isclass(app):
+            interface = "asgi3" if hasattr(app, "__await__") else "asgi2"
+        elif inspect.isfunction(app):
+            interface = "asgi3" if inspect.iscoroutinefunction(app) else "asgi2"
+        else:
+            call = getattr(app, "__call__", None)  # noqa: B004
+            interface = "asgi3" if inspect.iscoroutinefunction(call) else "asgi2"
+    if interface == "asgi2":
+        return ASGI2Middleware(app)
+    if interface == "wsgi":
+        return WSGIMiddleware(app)
+    return app
+
+
 def run_dev(options: DevOptions) -> None:
-    """Serve the app with in-place reloading until Ctrl+C."""
+    """Serve the app until Ctrl+C: reloading in place (`fast`), restarting (`full`) or not."""
+    settings = dict(options.uvicorn)
+    log_config = settings.pop("log_config", None) or uvicorn_log_config(options.log_level)
+    common = dict(host=options.host, port=options.port, log_level=options.log_level,
+                  log_config=log_config)
+    if options.reload == "full":
+        watch = options.watch_spec()
+        os.environ[_CHILD_OPTIONS] = json.dumps(_to_json(options))
+        for key in ("interface", "lifespan"):
+            settings.pop(key, None)
+        uvicorn.run(
+            f"{__name__}:{_full_reload_child.__name__}", factory=True, lifespan="on",
+            reload=True, reload_dirs=[str(d) for d in watch.dirs],
+            reload_excludes=[str(e) for e in watch.exclude_dirs] or None,
+            reload_delay=options.reload_delay, **common, **settings,
+        )
+        return
     session = DevSession(options)
-    config = uvicorn.Config(
-        session.asgi,
-        host=options.host,
-        port=options.port,
-        log_level=options.log_level,
-        log_config=uvicorn_log_config(options.log_level),
-        lifespan="on",
-        **options.uvicorn,
-    )
+    config = uvicorn.Config(session.asgi, lifespan="on", interface="asgi3", **common,
+                            **session.uvicorn_settings)
     try:
         uvicorn.Server(config).run()
     except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, once it has stopped
         pass
+
+
+_CHILD_OPTIONS = "FH_UTILS_DEV_CHILD_OPTIONS"
+
+
+def _to_json(options: DevOptions) -> dict[str, Any]:
+    t = options.target
+    return {"target": [t.module, t.attr, t.factory, str(t.app_dir)], "live": options.live,
+            "uvicorn": {k: options.uvicorn.get(k, "auto") for k in ("interface", "lifespan")}}
+
+
+def _full_reload_child() -> Any:
+    """`--reload full`: uvicorn's reloader restarts this process on change; each process
+    serves the app through a session that does not watch (uvicorn's supervisor does)."""
+    data = json.loads(os.environ[_CHILD_OPTIONS])
+    module, attr, factory, app_dir = data["target"]
+    options = DevOptions(
+        target=AppTarget(module, attr, factory, Path(app_dir)),
+        reload="no", live=data["live"], uvicorn=data["uvicorn"],
+    )
+    return DevSession(options).asgi

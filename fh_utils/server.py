@@ -18,7 +18,7 @@ from typing import Any
 
 from fh_utils.errors import Failure
 
-__all__ = ["Generation", "LifespanFailed", "Switch"]
+__all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch"]
 
 logger = logging.getLogger("fh_utils")
 
@@ -36,11 +36,16 @@ class LifespanFailed(Exception):
     """An app's lifespan startup failed; the message is the app's own."""
 
 
+class StartupAbort(Exception):
+    """The session cannot start (the user named an app that is not there): exit, no traceback."""
+
+
 class Generation:
     """One app object, its lifespan and the connections it is serving."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, lifespan: str = "auto") -> None:
         self.app = app
+        self.lifespan_mode = lifespan
         self.state: dict[str, Any] = {}
         self.connections = 0
         self.idle = asyncio.Event()
@@ -48,8 +53,13 @@ class Generation:
         self._lifespan: _Lifespan | None = None
 
     async def startup(self) -> None:
+        if self.lifespan_mode == "off":
+            return
         lifespan = _Lifespan(self.app, self.state)
         await lifespan.startup()
+        if not lifespan.supported and self.lifespan_mode == "on":
+            raise LifespanFailed(f"the app does not support the lifespan protocol "
+                                 f"({lifespan.error!r}); use --lifespan auto or off")
         self._lifespan = lifespan
 
     async def shutdown(self) -> None:
@@ -66,8 +76,10 @@ class Switch:
         self,
         on_startup: Callable[[], Awaitable[None]],
         on_shutdown: Callable[[], Awaitable[None]],
+        lifespan: str = "auto",
     ) -> None:
         self._on_startup = on_startup
+        self._lifespan_mode = lifespan
         self._on_shutdown = on_shutdown
         self.current: Generation | None = None
         self.failure: Failure | None = None
@@ -137,6 +149,9 @@ class Switch:
             if message["type"] == "lifespan.startup":
                 try:
                     await self._on_startup()
+                except StartupAbort as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:
                     logger.exception("fh_utils could not start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -171,7 +186,7 @@ class Switch:
         """
         if self.current is not None and self.current.app is app:
             return
-        generation = Generation(app)
+        generation = Generation(app, self._lifespan_mode)
         await generation.startup()
         old, self.current, self.failure = self.current, generation, None
         if old is not None:
@@ -240,8 +255,8 @@ class _Lifespan:
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._error: BaseException | None = None
-        self._supported = True
+        self.error: BaseException | None = None
+        self.supported = True
 
     async def startup(self) -> None:
         scope = {
@@ -253,14 +268,14 @@ class _Lifespan:
         await self._to_app.put({"type": "lifespan.startup"})
         message = await self._from_app.get()
         if message is None:  # returned or raised before answering: no lifespan support
-            self._supported = False
+            self.supported = False
             return
         if message["type"] == "lifespan.startup.failed":
             await self._finish()
             raise LifespanFailed(message.get("message") or "lifespan startup failed")
 
     async def shutdown(self) -> None:
-        if not self._supported or self._task is None or self._task.done():
+        if not self.supported or self._task is None or self._task.done():
             return
         await self._to_app.put({"type": "lifespan.shutdown"})
         message = await self._from_app.get()
@@ -272,7 +287,7 @@ class _Lifespan:
         try:
             await self._app(scope, self._to_app.get, self._send)
         except BaseException as exc:
-            self._error = exc
+            self.error = exc
         finally:
             await self._from_app.put(None)
 

@@ -27,11 +27,14 @@ class AppTarget:
         return f"{self.module}:{self.attr}"
 
 
-def resolve_target(spec: str, attr: str = "app", factory: bool = False) -> AppTarget:
+def resolve_target(
+    spec: str, attr: str = "app", factory: bool = False, app_dir: str | Path | None = None
+) -> AppTarget:
     """Resolve a file path or `module:attr`.
 
     A file inside packages (directories with `__init__.py`) gets its dotted module name and the
-    directory above the top package as its `sys.path` entry, so relative imports work:
+    directory above the top package as its `sys.path` entry, so relative imports work. An
+    import string is looked up in `app_dir` (default: the working directory), as uvicorn does:
 
     >>> resolve_target("src/shop/app.py")  # doctest: +SKIP
     AppTarget(module='shop.app', attr='app', app_dir=PosixPath('/abs/src'), ...)
@@ -48,7 +51,8 @@ def resolve_target(spec: str, attr: str = "app", factory: bool = False) -> AppTa
         )
     if colon and not name.isidentifier():
         raise TargetError(f"{spec!r}: {name!r} is not a valid attribute name")
-    return AppTarget(module=module, attr=name or attr, factory=factory, app_dir=Path.cwd())
+    directory = Path(app_dir).resolve() if app_dir else Path.cwd()
+    return AppTarget(module=module, attr=name or attr, factory=factory, app_dir=directory)
 
 
 def _from_file(path: Path, attr: str, factory: bool) -> AppTarget:

@@ -54,9 +54,9 @@ class DevServer:
     """`python -m fh_utils <command> ...` on a free port, with its output in a file."""
 
     def __init__(self, cwd: Path, args: list[str], command: str = "dev",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.cwd = cwd
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cwd / f"server-{self.port}.log"
         self._log_file = self.log_path.open("wb")
@@ -129,8 +129,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
     servers: list[DevServer] = []
 
     def start(*args: str, cwd: Path | None = None, command: str = "dev", ready: bool = True,
-              env: dict[str, str] | None = None) -> DevServer:
-        server = DevServer(cwd or tmp_path, list(args), command=command, env=env)
+              env: dict[str, str] | None = None, port: int | None = None) -> DevServer:
+        server = DevServer(cwd or tmp_path, list(args), command=command, env=env, port=port)
         servers.append(server)
         if ready:
             server.wait_ready()
