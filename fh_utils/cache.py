@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import types
+import weakref
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -40,7 +41,7 @@ _pins: dict[tuple[str, str, int], _Pin] = {}
 _callbacks: dict[str, list[Callable[[], object]]] = {}
 # How often each (kind, qualname) was decorated during the current execution of a module, so
 # that FastHTML-style handlers that all share one name (`def get(): ...`) get separate entries.
-_occurrences: dict[str, dict[tuple[str, str], int]] = {}
+_occurrences: dict[str, _Execution] = {}
 _KWARGS = object()
 
 
@@ -108,10 +109,13 @@ def no_reload(obj: T) -> T:
     if key is None:
         return obj
     body = _class_body(obj, sys._getframe(1)) if isinstance(obj, type) else _unwrap(obj)
+    module = _module_ref(key[0])
     with _lock:
         pin = _pins.get(key)
-        if pin is None:
-            _pins[key] = _Pin(obj, body)
+        # A pin made by an import that failed belongs to a module object nobody uses any more:
+        # its globals may lack names defined after the failure. The new import pins afresh.
+        if pin is None or pin.module() is not module():
+            _pins[key] = _Pin(obj, body, module)
             return obj
     if not pin.warned and not _same_body(pin.body, body):
         pin.warned = True
@@ -123,7 +127,10 @@ def on_reload(callback: F, module: str | types.ModuleType | None = None) -> F:
     """Run `callback()` once, just before `module` (default: the caller's module) re-executes.
 
     Use it to release what the module's previous execution opened. Callbacks run last
-    registered first; an exception in one is logged and does not stop the others.
+    registered first; an exception in one is logged and does not stop the others. They run
+    even if the re-execution then fails: the module's previous version keeps serving, with
+    what the callbacks released, until a fix is saved (the failed run's own callbacks run
+    before that next execution). Keep what must survive a failed edit in `no_reload_cache`.
 
         conn = sqlite3.connect("app.db")
         on_reload(conn.close)
@@ -234,10 +241,29 @@ class _Entry:
 
 
 class _Pin:
-    __slots__ = ("body", "obj", "warned")
+    __slots__ = ("body", "module", "obj", "warned")
 
-    def __init__(self, obj: Any, body: Any) -> None:
-        self.obj, self.body, self.warned = obj, body, False
+    def __init__(self, obj: Any, body: Any, module: Callable[[], Any]) -> None:
+        self.obj, self.body, self.module, self.warned = obj, body, module, False
+
+
+class _Execution:
+    """Decorations counted during one execution of one module object."""
+
+    __slots__ = ("counts", "module")
+
+    def __init__(self, module: Callable[[], Any]) -> None:
+        self.module = module
+        self.counts: dict[tuple[str, str], int] = {}
+
+
+def _module_ref(name: str) -> Callable[[], Any]:
+    """A weak reference to the module object now in sys.modules under `name` (or to None)."""
+    module = sys.modules.get(name)
+    try:
+        return weakref.ref(module)  # type: ignore[arg-type]
+    except TypeError:  # None, or an object that takes no weak reference
+        return lambda: module
 
 
 def _decorate(fn: Any, maxsize: int | None, typed: bool, cleanup: Any) -> Any:
@@ -361,8 +387,14 @@ def _registry_key(kind: str, obj: Any) -> tuple[str, str, int] | None:
     module, qualname = getattr(obj, "__module__", None), obj.__qualname__
     if not isinstance(module, str) or "<locals>" in qualname:
         return None
+    ref = _module_ref(module)
     with _lock:
-        counts = _occurrences.setdefault(module, {})
+        execution = _occurrences.get(module)
+        # A re-execution starts with _before_reexec; a fresh import (after one that failed, or
+        # a module deleted from sys.modules) is a new module object: count from zero again.
+        if execution is None or execution.module() is not ref():
+            execution = _occurrences[module] = _Execution(ref)
+        counts = execution.counts
         index = counts.get((kind, qualname), 0)
         counts[(kind, qualname)] = index + 1
     return module, qualname, index

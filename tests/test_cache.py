@@ -294,6 +294,37 @@ def test_failed_reexecution_restored_by_the_engine_keeps_values(
     assert messages() == []
 
 
+def test_failed_first_import_then_fresh_import_reuses_the_value(
+    dev: None, make_module: MakeModule, messages: Messages
+) -> None:
+    # What the engine does when the app fails at start-up: Python drops the module from
+    # sys.modules, and the fixed file is imported afresh as a new module object.
+    m = make_module(LOADER + "\n1 / 0\n")
+    with pytest.raises(ZeroDivisionError):
+        m.load()
+    assert m.name not in sys.modules
+    m.write(LOADER)
+    module = m.load()
+    first = module.MODEL
+    assert m.runs() == ["load"]  # computed by the failed import, same code: reused
+    assert m.reexec().MODEL is first  # and the same entry after the next reload
+    assert m.runs() == ["load"]
+    assert messages() == []
+
+
+def test_pin_from_a_failed_first_import_is_not_returned(dev: None, make_module: MakeModule) -> None:
+    # The failed import's function sees that module's globals, where LATE was never defined.
+    source = "from fh_utils.cache import no_reload\n\n@no_reload\ndef handler():\n    return LATE\n"
+    m = make_module(source + "1 / 0\nLATE = 'late'\n")
+    with pytest.raises(ZeroDivisionError):
+        m.load()
+    m.write(source + "LATE = 'late'\n")
+    module = m.load()
+    assert module.handler() == "late"
+    handler = module.handler
+    assert m.reexec().handler is handler  # pinned from the first good execution on
+
+
 def test_same_name_defined_twice_keeps_two_caches(
     dev: None, make_module: MakeModule, messages: Messages
 ) -> None:
