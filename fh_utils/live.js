@@ -1,5 +1,5 @@
 // fh_utils live reload: injected into HTML pages by fh_utils.live.LiveReloadMiddleware.
-// Messages (JSON): reload | css {files} | error {error, message, file, line, traceback} | ok.
+// Messages (JSON): reload | css {files} | error {error, message, file, line, traceback}.
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -24,7 +24,6 @@
       if (msg.type === "reload") location.reload();
       else if (msg.type === "css") swapStylesheets(msg.files || []);
       else if (msg.type === "error") showError(msg);
-      else if (msg.type === "ok") hideError();
     };
     socket.onclose = function () {
       if (leaving) return;
