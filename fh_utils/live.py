@@ -250,8 +250,11 @@ class _Injector:
                 await self._send(message)
         elif kind == "http.response.body":
             await self._on_body(message.get("body", b""), message.get("more_body", False))
-        else:  # an extension (pathsend, trailers): give up on this response
-            await self._flush_untouched()
+        else:  # an extension (pathsend, trailers): leave this response alone
+            self._mode = "pass"
+            if self._start is not None:
+                await self._send(self._start)
+                self._start = None
             await self._send(message)
 
     def _on_start(self, message: Message) -> None:
@@ -324,7 +327,7 @@ class _Injector:
         await self._send({**self._start, "headers": headers})
         self._start = None
 
-    async def _flush_untouched(self, more: bool = False) -> None:
+    async def _flush_untouched(self, more: bool) -> None:
         self._mode = "pass"
         if self._start is not None:
             await self._send(self._start)

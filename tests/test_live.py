@@ -307,3 +307,33 @@ def test_messages_are_json():
         assert client.portal is not None
         client.portal.call(hub.reload)
         assert json.loads(ws.receive_text())["type"] == "reload"
+
+
+def test_fastapi_page_and_fasthtml_htmx_partial():
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse as FastAPIHTML
+    from fasthtml.common import P, fast_app
+
+    api = FastAPI()
+    api.get("/", response_class=FastAPIHTML)(lambda: PAGE)
+    api.get("/data")(lambda: {"ok": True})
+    client = TestClient(LiveReloadMiddleware(api))
+    assert injected(client.get("/").text) == 1
+    assert client.get("/data").json() == {"ok": True}
+
+    app, rt = fast_app()
+    rt("/")(lambda: P("partial or page"))
+    client = TestClient(LiveReloadMiddleware(app))
+    assert injected(client.get("/").text) == 1
+    partial = client.get("/", headers={"HX-Request": "true"}).text
+    assert "partial or page" in partial and injected(partial) == 0
+
+
+def test_pathsend_extension_passes_through():
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/html")]})
+        await send({"type": "http.response.pathsend", "path": "/tmp/index.html"})
+
+    messages = asyncio.run(call(LiveReloadMiddleware(app)))
+    assert [m["type"] for m in messages] == ["http.response.start", "http.response.pathsend"]
