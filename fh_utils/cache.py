@@ -43,6 +43,7 @@ _callbacks: dict[str, list[Callable[[], object]]] = {}
 # that FastHTML-style handlers that all share one name (`def get(): ...`) get separate entries.
 _occurrences: dict[str, _Execution] = {}
 _KWARGS = object()
+_computing = threading.local()  # `entries`: the entries computing in this thread, innermost last
 
 
 @overload
@@ -177,6 +178,23 @@ def _reload_done() -> None:
     with _lock:
         for pin in _pins.values():
             pin.warned = False
+
+
+def _computing_entry() -> object | None:
+    """The cache entry whose function is computing in this thread, if any: the engine
+    attributes the files and environment variables read meanwhile to it."""
+    entries = getattr(_computing, "entries", None)
+    return entries[-1] if entries else None
+
+
+def _invalidate(entry: object, what: str) -> None:
+    """`what` (a file, an environment variable) that `entry`'s function read has changed."""
+    assert isinstance(entry, _Entry)
+    with entry.lock:
+        dropped = entry.clear()
+        version = entry.version
+    logger.info("%s() read %s, which changed: cache cleared", version.fn.__qualname__, what)
+    _run_cleanup(version, dropped)
 
 
 def _deactivate_for_tests() -> None:
@@ -330,7 +348,11 @@ def _call(entry: _Entry, version: _Version, args: tuple[Any, ...], kwargs: dict[
         return call.value
     dropped: list[Any] = []
     try:
-        call.value = version.fn(*args, **kwargs)
+        _computing.__dict__.setdefault("entries", []).append(entry)
+        try:
+            call.value = version.fn(*args, **kwargs)
+        finally:
+            _computing.entries.pop()
     except BaseException as error:
         call.error = error
         raise

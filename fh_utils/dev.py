@@ -84,7 +84,9 @@ class DevSession:
     def __init__(self, options: DevOptions) -> None:
         self.options = options
         self.watch = options.watch_spec()
-        self.reloader = Reloader(options.target, self.watch.dirs, self.watch.exclude_dirs)
+        self.reloader = Reloader(options.target, self.watch.dirs, self.watch.exclude_dirs,
+                                 ignore=self.watch.ignores,
+                                 env_file=options.uvicorn.get("env_file"))
         settings = dict(options.uvicorn)
         # These two describe the user's app; the switch uvicorn serves is always ASGI 3.
         self._interface = settings.pop("interface", "auto")

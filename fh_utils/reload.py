@@ -7,6 +7,11 @@ files are compiled before any module is touched, and if a module raises (anythin
 previous namespace and no old object has been patched. Only a batch that fully succeeds moves
 old functions, classes and instances onto the new code (`fh_utils.patch`).
 
+Besides Python files, a batch starts from files that modules read while they executed (their
+readers re-run; a `no_reload_cache` function that read one only loses its values), from the
+`--env-file` (its variables are updated in `os.environ` and the modules and caches that read
+them re-run or are cleared), and notes the changes no reload can apply (`needs_restart`).
+
 This module imports IPython; only `fh_utils dev` imports it.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import types
 import weakref
@@ -29,11 +35,17 @@ from fh_utils._code import same_code
 from fh_utils.errors import Failure, describe, display_path
 from fh_utils.patch import Patcher
 from fh_utils.target import AppTarget
-from fh_utils.tracking import ModuleGraph, ProjectFinder
+from fh_utils.tracking import ModuleGraph, ProjectFinder, Resource, track_environ
 
 __all__ = ["AppNotFound", "Outcome", "Plan", "Reloader"]
 
 ASGIApp = Callable[..., Any]
+
+# Project metadata and dependency lists: what they change needs a new process.
+_RESTART_FILES = frozenset(
+    {"pyproject.toml", "setup.cfg", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock"}
+)
+_EXTENSION_SUFFIXES = (".so", ".pyd")
 
 
 @dataclass
@@ -45,6 +57,7 @@ class Outcome:
     changed: list[str] = field(default_factory=list)  # files that triggered it, for the log
     reran: list[str] = field(default_factory=list)  # modules re-executed, in order
     notes: list[str] = field(default_factory=list)  # things worth a log line
+    needs_restart: str | None = None  # why only a new process can apply this change
 
     @property
     def dependents(self) -> int:
@@ -58,10 +71,13 @@ class Plan:
     order: list[str]
     needs_import: bool
     outcome: Outcome
+    caches: list[tuple[object, str]] = field(default_factory=list)  # entry, what it read
 
     @property
     def runnable(self) -> bool:
-        return self.outcome.failure is None and bool(self.order or self.needs_import)
+        return self.outcome.failure is None and bool(
+            self.order or self.needs_import or self.caches
+        )
 
 
 class _ModuleFailed(Exception):
@@ -71,15 +87,36 @@ class _ModuleFailed(Exception):
 
 
 class Reloader:
-    """Loads the app's module, then re-executes project modules as their files change."""
+    """Loads the app's module, then re-executes project modules as their files change.
+
+    `ignore(path)` tells paths under the roots that are not part of the project (the
+    `WatchSpec`'s excludes); `env_file` is the file uvicorn loads into `os.environ`.
+    """
 
     def __init__(
-        self, target: AppTarget, roots: Iterable[Path], excludes: Iterable[Path] = ()
+        self,
+        target: AppTarget,
+        roots: Iterable[Path],
+        excludes: Iterable[Path] = (),
+        *,
+        ignore: Callable[[Path], bool] | None = None,
+        env_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.target = target
         own = Path(__file__).resolve().parent  # fh_utils itself is never a project module
-        self.graph = ModuleGraph(list(roots), [*excludes, own])
+        self.graph = ModuleGraph(list(roots), [*excludes, own], ignore)
+        self.graph.computing = cache._computing_entry
         self._finder = ProjectFinder(self.graph)
+        self.env_file = Path(env_file).resolve() if env_file is not None else None
+        self._env_owned: set[str] = set()  # variables whose value comes from the env file
+        # Set in the real environment with another value: they win, as with load_dotenv.
+        self._env_kept: set[str] = set()
+        if self.env_file is not None:
+            values = _read_env(self.env_file)
+            self._env_kept = {k for k, v in os.environ.items() if values.get(k) != v}
+        self._retry: set[str] = set()  # the modules of a batch that failed while running
+        self._own_writes: dict[Path, tuple[int, int, int]] = {}  # see _remember_writes
+        self._restart_noted: set[Path] = set()
         # Objects of earlier runs, by (module, name): all of them follow each new run.
         self._old: dict[tuple[str, str], list[weakref.ref[Any]]] = {}
         self._scratch: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # superreload's
@@ -95,19 +132,28 @@ class Reloader:
             sys.path.insert(0, app_dir)
         self._finder.install()
         cache._activate()
+        self.graph.activate()
         outcome = Outcome()
+        if self.env_file is not None:
+            self._reload_env()
+            track_environ(True)
+            if not self.graph.is_project_file(self.env_file):
+                outcome.notes.append(
+                    f"{display_path(self.env_file)} is outside the watched directories: "
+                    "restart fh_utils dev after editing it"
+                )
         try:
             importlib.import_module(self.target.module)
             outcome.app = self.app = self._resolve_app(fresh=True)
         except BaseException as exc:  # the server stays up and shows the error instead
             outcome.failure = self._describe(exc)
+        finally:
+            self._remember_writes()
         return outcome
 
     def stop(self) -> None:
         self._finder.uninstall()
-
-    def is_watched(self, path: Path) -> bool:
-        return path.suffix == ".py" and self.graph.is_project_file(path)
+        self.graph.deactivate()
 
     # -- reloading -----------------------------------------------------------------------
     def plan(self, paths: Iterable[Path]) -> Plan | None:
@@ -115,10 +161,24 @@ class Reloader:
 
         Nothing is executed here: a syntax error gives a plan that is already failed.
         """
+        self._remember_writes()
         outcome = Outcome()
-        changed: list[str] = []
+        changed: set[str] = set()  # modules whose source changed
+        read: dict[Resource, str] = {}  # files (and variables) that changed -> log name
         for path in sorted(set(paths)):
-            if not self.is_watched(path):
+            if self.env_file is not None and path.resolve() == self.env_file:
+                variables = self._env_changes(outcome)
+                read.update(variables)  # and a module that reads the file itself re-runs:
+                read[self.env_file] = next(iter(variables.values()), display_path(path))
+                continue
+            if not self.graph.is_project_file(path):
+                continue
+            if path.suffix != ".py":
+                resolved = path.resolve()
+                if resolved in self._own_writes and self._own_writes[resolved] == _state(path):
+                    continue  # the app's own write, not the user's edit
+                self._note_restart(path, outcome)
+                read[resolved] = display_path(path)
                 continue
             name = self.graph.module_for(path)
             if not path.exists():
@@ -130,12 +190,26 @@ class Reloader:
                 continue
             outcome.changed.append(display_path(path))
             if name is not None and name in sys.modules:
-                changed.append(name)
+                changed.add(name)
+
+        readers: set[str] = set()
+        caches: dict[object, str] = {}
+        for resource, label in read.items():
+            modules, entries = self.graph.readers([resource])
+            if modules or entries:
+                if label not in outcome.changed:
+                    outcome.changed.append(label)
+                readers |= modules
+                for entry in entries:
+                    caches.setdefault(entry, label)
+        if self._retry and outcome.changed:  # what failed last time may work now
+            readers |= self._retry
+        readers = {name for name in readers if name in sys.modules}
         needs_import = self.target.module not in sys.modules
-        if not changed and not (needs_import and outcome.changed):
+        if not changed and not readers and not caches and not (needs_import and outcome.changed):
             return Plan([], False, outcome) if outcome.notes else None
 
-        for name in changed:  # a syntax error must change nothing
+        for name in sorted(changed):  # a syntax error must change nothing
             try:
                 self._compile(Path(sys.modules[name].__file__ or ""))
             except BaseException as exc:
@@ -143,19 +217,27 @@ class Reloader:
                 return Plan([], False, outcome)
 
         order = [
-            n for n in self.graph.ordered(self.graph.dependents(changed)) if n in sys.modules
+            n for n in self.graph.ordered(self.graph.dependents(changed | readers))
+            if n in sys.modules
         ]
-        return Plan(order, needs_import, outcome)
+        return Plan(order, needs_import, outcome, list(caches.items()))
 
     def run(self, plan: Plan) -> Outcome:
         """Execute a plan: the whole batch succeeds, or nothing of it stays."""
-        if plan.runnable:
+        if not plan.runnable:
+            return plan.outcome
+        for entry, what in plan.caches:  # before the modules that may call them re-run
+            cache._invalidate(entry, what)
+        if plan.order or plan.needs_import:
             self._run(plan.order, plan.outcome, plan.needs_import)
+        else:
+            plan.outcome.app = self.app
         return plan.outcome
 
     def _run(self, order: list[str], outcome: Outcome, needs_import: bool) -> None:
         graph = self.graph
         saved = ({n: set(d) for n, d in graph.imports.items()}, dict(graph.code))
+        reads = {n: set(r) for n, r in list(graph.reads.items())}
         before = {name: _code_by_qualname(graph.code.get(name)) for name in order}
         done: list[tuple[types.ModuleType, dict[str, Any]]] = []
         self._pending.clear()
@@ -178,10 +260,15 @@ class Reloader:
                 module.__dict__.clear()
                 module.__dict__.update(snapshot)
             graph.imports, graph.code = saved
+            for name, read in reads.items():  # keep what the failed run read, too
+                graph.reads.setdefault(name, set()).update(read)
+            self._retry = set(order) | ({self.target.module} if needs_import else set())
             outcome.failure = self._describe(error)
             return
         finally:
             cache._reload_done()
+            self._remember_writes()
+        self._retry = set()
         self._patch([m for m, _ in done], before)
         outcome.app = self.app = app
 
@@ -236,6 +323,71 @@ class Reloader:
         patcher.finish()
         self.last_patch = patcher
 
+    # -- what is not Python source ----------------------------------------------------------
+    def _reload_env(self) -> set[str]:
+        """Read the env file into `os.environ`; the names of the variables that changed."""
+        assert self.env_file is not None
+        values = {
+            k: v for k, v in _read_env(self.env_file).items()
+            if v is not None and k not in self._env_kept
+        }
+        changed = {
+            k for k in self._env_owned - values.keys() if os.environ.pop(k, None) is not None
+        }
+        for key, value in values.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+                changed.add(key)
+        self._env_owned = set(values)
+        return changed
+
+    def _env_changes(self, outcome: Outcome) -> dict[Resource, str]:
+        assert self.env_file is not None
+        label = display_path(self.env_file)
+        if not self.env_file.exists():
+            outcome.notes.append(f"{label} was deleted: its variables keep their values")
+            return {}
+        names = sorted(self._reload_env())
+        if not names:
+            return {}
+        modules, entries = self.graph.readers(names)
+        if not modules and not entries:
+            outcome.notes.append(
+                f"{label}: {', '.join(names)} changed in os.environ; no project module read "
+                f"{'them' if len(names) > 1 else 'it'} while it ran, so nothing re-runs (code "
+                "that reads it from now on sees the new value; a library that read it at "
+                "import keeps the old one until fh_utils dev restarts)"
+            )
+            return {}
+        label = f"{label} ({', '.join(names)})"
+        return dict.fromkeys(names, label)
+
+    def _remember_writes(self) -> None:
+        """What the app itself wrote, as it is now: a change event that finds a file in this
+        state is the app's write, not the user's edit."""
+        written, self.graph.written = self.graph.written, set()
+        for path in written:
+            self._own_writes[path] = _state(path)
+
+    def _note_restart(self, path: Path, outcome: Outcome) -> None:
+        """Say once per file that a change to it needs a restart."""
+        name = path.name
+        if name in _RESTART_FILES or (
+            name.startswith("requirements") and path.suffix in (".txt", ".in")
+        ):
+            why = "the project's settings and dependencies are not reloaded in place"
+        elif path.suffix in _EXTENSION_SUFFIXES and any(
+            getattr(m, "__file__", None) == str(path) for m in list(sys.modules.values())
+        ):
+            why = "a compiled extension module cannot be reloaded in place"
+        else:
+            return
+        if path in self._restart_noted:
+            return
+        self._restart_noted.add(path)
+        outcome.needs_restart = f"{display_path(path)} changed: {why}"
+        outcome.notes.append(f"{outcome.needs_restart}; restart fh_utils dev to apply it")
+
     # -- helpers ---------------------------------------------------------------------------
     def _compile(self, path: Path) -> None:
         source = path.read_bytes()
@@ -276,6 +428,20 @@ class Reloader:
 
 class AppNotFound(Exception):
     """The app module ran but does not give a usable app."""
+
+
+def _state(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_env(path: Path) -> dict[str, str | None]:
+    from dotenv import dotenv_values  # installed with uvicorn[standard]
+
+    return dict(dotenv_values(path)) if path.is_file() else {}
 
 
 def _reattach_submodules(module: types.ModuleType) -> None:

@@ -4,6 +4,10 @@ Project modules (source files under the watched roots) are loaded by `ProjectLoa
 always compiles from the source on disk (a stale `.pyc` can never run) and records, while a
 module executes, every project module it imports: `import x`, `from x import y`,
 `importlib.import_module`, and imports made by code it calls at import time.
+
+It also records what a module reads while it executes: files opened for reading under the
+watched roots (an audit hook on `open`) and, once `track_environ` is on, environment variables.
+Reads made while a `no_reload_cache` function computes belong to that cache entry instead.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import importlib.abc
 import importlib.machinery
 import itertools
 import linecache
+import os
 import sys
 import sysconfig
 import threading
@@ -22,20 +27,31 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModuleGraph", "ProjectFinder", "ProjectLoader"]
+from fh_utils.watch import ignored_by_default
 
-_EXCLUDED_DIR_NAMES = frozenset(
-    {".venv", "venv", ".git", "__pycache__", "node_modules", "site-packages", "dist-packages",
-     ".tox", ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
-)
+__all__ = ["ModuleGraph", "ProjectFinder", "ProjectLoader", "Resource"]
+
+# What a module or a cache entry can read: a file (a resolved Path), or an environment variable
+# (its name; "*" when the whole environment was listed).
+Resource = Path | str
+
+_CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so")  # imports, not reads
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
 class ModuleGraph:
-    """Project modules by name and file, and the import edges recorded while they executed."""
+    """Project modules by name and file, and what each imported and read while it executed."""
 
-    def __init__(self, roots: Sequence[Path], excludes: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        excludes: Sequence[Path] = (),
+        ignore: Callable[[Path], bool] | None = None,
+    ) -> None:
         self.roots = [r.resolve() for r in roots]
         self.excludes = [e.resolve() for e in excludes]
+        self._ignore = ignore or (lambda path: ignored_by_default(path, self.roots))
+        self._prefixes = tuple(str(r).rstrip(os.sep) + os.sep for r in self.roots)
         self._system = {
             Path(p).resolve()
             for key in ("stdlib", "platstdlib", "purelib", "platlib")
@@ -48,9 +64,17 @@ class ModuleGraph:
         self._local = threading.local()
         self.compiled: dict[Path, tuple[bytes, types.CodeType]] = {}  # file -> source, code
         self.code: dict[str, types.CodeType] = {}  # module -> the code its last good run ran
+        self.reads: dict[str, set[Resource]] = {}  # module -> what it read while it executed
+        self.cache_reads: dict[object, set[Resource]] = {}  # cache entry -> what it read
+        self.cache_users: dict[object, set[str]] = {}  # cache entry -> modules that computed it
+        self.written: set[Path] = set()  # files opened for writing since the reloader looked
+        # The cache entry computing in this thread, if any (`fh_utils.cache._computing_entry`).
+        self.computing: Callable[[], object | None] = _nothing
 
     # -- what belongs to the project ---------------------------------------------------------
     def is_project_file(self, path: Path) -> bool:
+        if not path.is_absolute():  # "<frozen os>", "<string>": not a file at all
+            return False
         path = path.resolve()
         if not any(path.is_relative_to(r) for r in self.roots):
             return False
@@ -58,7 +82,7 @@ class ModuleGraph:
             return False
         if any(path.is_relative_to(s) for s in self._system):
             return False
-        return not any(part in _EXCLUDED_DIR_NAMES for part in path.parts)
+        return not self._ignore(path)
 
     def is_project_module(self, name: str) -> bool:
         return name in self.imports
@@ -79,9 +103,9 @@ class ModuleGraph:
         stack = self._stack
         return stack[-1] if stack else None
 
-    def begin(self, name: str, file: Path) -> set[str] | None:
-        """A project module starts executing; returns its previous imports for `abort`."""
-        previous = self.imports.get(name)
+    def begin(self, name: str, file: Path) -> tuple[set[str] | None, set[Resource]]:
+        """A project module starts executing; returns what `restore` needs after a failure."""
+        previous = self.imports.get(name), self.reads.pop(name, set())
         importer = self.executing()
         if importer is not None and importer != name:
             self.imports.setdefault(importer, set()).add(name)
@@ -96,16 +120,22 @@ class ModuleGraph:
         if stack and stack[-1] == name:
             stack.pop()
 
-    def restore(self, name: str, previous: set[str] | None) -> None:
-        """Undo `begin` after a failed execution."""
-        if previous is None:
+    def restore(self, name: str, previous: tuple[set[str] | None, set[Resource]]) -> None:
+        """Undo `begin` after a failed execution.
+
+        What it read stays recorded with what it read before: a fix to a file it read while it
+        failed must retry it.
+        """
+        imports, reads = previous
+        self.reads.setdefault(name, set()).update(reads)
+        if imports is None:
             self.imports.pop(name, None)
             self._order.pop(name, None)
             for file, module in list(self.files.items()):
                 if module == name:
                     del self.files[file]
         else:
-            self.imports[name] = previous
+            self.imports[name] = imports
 
     def record(self, names: Iterable[str]) -> None:
         importer = self.executing()
@@ -115,6 +145,73 @@ class ModuleGraph:
         for name in names:
             if name != importer and name in self.imports:
                 edges.add(name)
+
+    def read(self, resource: Resource) -> None:
+        """`resource` was read in this thread: note it for the executing module or cache entry.
+
+        A read while a cache entry computes belongs to the entry; the module executing then (if
+        any) depends on the entry, even on later executions that find its values cached.
+        """
+        entry = self.computing()
+        module = self.executing()
+        if entry is not None:
+            self.cache_reads.setdefault(entry, set()).add(resource)
+            if module is not None:
+                self.cache_users.setdefault(entry, set()).add(module)
+        elif module is not None:
+            self.reads.setdefault(module, set()).add(resource)
+
+    def opened(self, file: object, flags: int) -> None:
+        """An `open` audit event: a file under the roots opened for reading is a read.
+
+        Files project code opens for writing (at any time) go to `written`, so that the reloader
+        can tell the app's own writes from the user's edits: a module that updates a file it
+        reads would otherwise reload itself forever, and an app saving its data to a file it
+        loads at import would reload on every save.
+        """
+        if isinstance(file, bytes):
+            file = os.fsdecode(file)
+        if not isinstance(file, str):  # a file descriptor
+            return
+        write = flags & _WRITE_FLAGS
+        if not write and self.executing() is None and self.computing() is None:
+            return
+        path = os.path.abspath(file)
+        if not path.startswith(self._prefixes) or path.endswith(_CODE_SUFFIXES):
+            return
+        resolved = Path(path).resolve()
+        if not self.is_project_file(resolved):
+            return
+        if write:
+            self.written.add(resolved)
+        else:
+            self.read(resolved)
+
+    def readers(self, resources: Iterable[Resource]) -> tuple[set[str], list[object]]:
+        """The modules and cache entries that read any of `resources` ("*" stands for every
+        environment variable)."""
+        wanted = set(resources)
+        if any(isinstance(r, str) for r in wanted):
+            wanted.add("*")
+        modules = {m for m, read in list(self.reads.items()) if read & wanted}
+        entries = [e for e, read in list(self.cache_reads.items()) if read & wanted]
+        for entry in entries:
+            modules |= self.cache_users.get(entry, set())
+        return modules, entries
+
+    def activate(self) -> None:
+        """Start receiving `open` audit events (the hook stays: audit hooks cannot be removed)."""
+        global _active, _hooked
+        _active = self
+        if not _hooked:
+            sys.addaudithook(_audit)
+            _hooked = True
+
+    def deactivate(self) -> None:
+        global _active
+        if _active is self:
+            _active = None
+        track_environ(False)
 
     # -- what to re-execute, in which order --------------------------------------------------
     def dependents(self, names: Iterable[str]) -> set[str]:
@@ -288,3 +385,42 @@ def _make_import_module(original: Callable[..., Any], graph: ModuleGraph) -> Cal
 
     import_module.__doc__ = original.__doc__
     return import_module
+
+
+def _nothing() -> None:
+    return None
+
+
+_active: ModuleGraph | None = None  # the graph audit events and environment reads go to
+_hooked = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    # Runs for every audited operation of the process, in every thread: keep the common path
+    # to one comparison, and never raise into the operation being audited.
+    if event == "open" and _active is not None:
+        try:
+            _active.opened(args[0], args[2])
+        except Exception:
+            pass
+
+
+class _TrackedEnviron(os._Environ):  # type: ignore[type-arg]
+    """`os.environ` while environment reads are tracked: each lookup is a read."""
+
+    def __getitem__(self, key: str) -> str:
+        graph = _active
+        if graph is not None:
+            graph.read(key)
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Any:
+        graph = _active
+        if graph is not None:
+            graph.read("*")
+        return super().__iter__()
+
+
+def track_environ(on: bool) -> None:
+    """Record which environment variables modules and cache entries read (for `--env-file`)."""
+    os.environ.__class__ = _TrackedEnviron if on else os._Environ

@@ -1,0 +1,495 @@
+"""Files the app reads, the env file, ignored paths and save bursts, against a real server.
+
+A negative ("this write caused no reload") is proved without waiting for nothing: after the
+ignored write, a real edit is made; watchfiles reports changes in order, so once the real edit
+is served, the log shows every reload the earlier write could have caused.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from fh_utils.tracking import ModuleGraph
+from tests.conftest import write
+
+PLAIN_APP = """
+from starlette.responses import PlainTextResponse
+
+async def app(scope, receive, send):
+    await PlainTextResponse("{text}")(scope, receive, send)
+"""
+
+
+def ran(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def reloads(log: str) -> list[str]:
+    return [line.split("Reloaded ", 1)[1] for line in log.splitlines() if "Reloaded " in line]
+
+
+def test_template_read_at_import_reloads_the_page(tmp_path, serve):
+    write(tmp_path / "templates" / "page.html", "<h1>{{ title }}</h1><p>first template</p>\n")
+    write(tmp_path / "app.py", """
+        from jinja2 import Environment, FileSystemLoader
+        from starlette.responses import HTMLResponse
+
+        PAGE = Environment(loader=FileSystemLoader("templates")).get_template("page.html")
+
+        async def app(scope, receive, send):
+            await HTMLResponse(PAGE.render(title="Shop"))(scope, receive, send)
+    """)
+    server = serve("app.py")
+    assert server.get().text == "<h1>Shop</h1><p>first template</p>"
+    write(tmp_path / "templates" / "page.html", "<h2>{{ title }}</h2><p>second template</p>\n")
+    server.wait_text("second template")
+    assert "<h2>Shop</h2>" in server.get().text
+    assert "Reloaded templates/page.html in" in server.log
+
+
+def test_json_config_edit_reruns_reader_and_its_dependents(tmp_path, serve):
+    log = tmp_path / "ran.txt"
+    write(tmp_path / "config.json", '{"greeting": "hello"}\n')
+    write(tmp_path / "prompt.txt", "be brief\n")
+    write(tmp_path / "settings.py", f"""
+        import json
+        from pathlib import Path
+        open({str(log)!r}, "a").write("settings ")
+        CONFIG = json.load(open("config.json"))
+        PROMPT = (Path(__file__).parent / "prompt.txt").read_text().strip()
+    """)
+    write(tmp_path / "other.py", f"open({str(log)!r}, 'a').write('other ')\n")
+    write(tmp_path / "app.py", f"""
+        open({str(log)!r}, "a").write("app ")
+        from starlette.responses import JSONResponse
+        from settings import CONFIG, PROMPT
+        import other
+
+        async def app(scope, receive, send):
+            await JSONResponse({{**CONFIG, "prompt": PROMPT}})(scope, receive, send)
+    """)
+    server = serve("app.py")
+    assert server.get().json() == {"greeting": "hello", "prompt": "be brief"}
+    assert ran(log) == ["app", "settings", "other"]
+
+    write(tmp_path / "config.json", '{"greeting": "bonjour"}\n')
+    server.wait_text("bonjour")
+    assert ran(log)[3:] == ["settings", "app"]  # the reader, then what imports it
+    assert "Reloaded config.json (+1 dependent) in" in server.log
+
+    write(tmp_path / "prompt.txt", "be thorough\n")
+    server.wait_text("be thorough")
+    assert server.get().json()["greeting"] == "bonjour"
+
+
+def test_broken_config_keeps_old_app_and_fix_recovers(tmp_path, serve):
+    write(tmp_path / "config.json", '{"n": 1}\n')
+    write(tmp_path / "app.py", """
+        import json
+        from starlette.responses import PlainTextResponse
+        N = json.load(open("config.json"))["n"]
+
+        async def app(scope, receive, send):
+            await PlainTextResponse(f"n={N}")(scope, receive, send)
+    """)
+    server = serve("app.py")
+    assert server.get().text == "n=1"
+    write(tmp_path / "config.json", '{"n": \n')
+    server.wait_log("Reload failed: app.py:3: JSONDecodeError")
+    assert server.get().text == "n=1"
+    write(tmp_path / "config.json", '{"n": 2}\n')
+    server.wait_text("n=2")
+
+
+def test_broken_config_at_startup_then_fixed(tmp_path, serve):
+    write(tmp_path / "config.json", "not json\n")
+    write(tmp_path / "app.py", """
+        import json
+        from starlette.responses import PlainTextResponse
+        N = json.load(open("config.json"))["n"]
+
+        async def app(scope, receive, send):
+            await PlainTextResponse(f"n={N}")(scope, receive, send)
+    """)
+    server = serve("app.py")
+    assert server.get().status_code == 500
+    write(tmp_path / "config.json", '{"n": 3}\n')
+    server.wait_text("n=3")
+
+
+def test_new_module_failing_on_its_file_is_retried_when_the_file_is_fixed(tmp_path, serve):
+    write(tmp_path / "app.py", PLAIN_APP.format(text="before"))
+    server = serve("app.py")
+    write(tmp_path / "extra.json", "{oops\n")
+    write(tmp_path / "extra.py", "import json\nDATA = json.load(open('extra.json'))\n")
+    write(tmp_path / "app.py", PLAIN_APP.replace("PlainTextResponse(\"{text}\")",
+                                                 "PlainTextResponse(extra.DATA['text'])")
+          .replace("from starlette", "import extra\nfrom starlette"))
+    server.wait_log("Reload failed: extra.py:2: JSONDecodeError")
+    assert server.get().text == "before"
+    write(tmp_path / "extra.json", '{"text": "after"}\n')
+    server.wait_text("after")
+
+
+def test_file_read_in_cached_function_clears_only_that_cache(tmp_path, serve):
+    runs, loads = tmp_path / "runs.txt", tmp_path / "loads.txt"
+    write(tmp_path / "prompt.txt", "first prompt\n")
+    write(tmp_path / "weights.txt", "w1\n")
+    write(tmp_path / "app.py", f"""
+        from pathlib import Path
+        from starlette.responses import PlainTextResponse
+        from fh_utils import no_reload_cache
+
+        open({str(runs)!r}, "a").write("app ")
+
+        @no_reload_cache
+        def load_prompt():
+            open({str(loads)!r}, "a").write("prompt ")
+            return Path("prompt.txt").read_text().strip()
+
+        @no_reload_cache
+        def load_model():
+            open({str(loads)!r}, "a").write("model ")
+            return Path("weights.txt").read_text().strip()
+
+        @no_reload_cache
+        def unrelated():
+            open({str(loads)!r}, "a").write("unrelated ")
+            return "u"
+
+        MODEL = load_model()  # held by the module: its file must re-run the module
+
+        async def app(scope, receive, send):
+            body = f"{{load_prompt()}} {{MODEL}} {{unrelated()}}"
+            await PlainTextResponse(body)(scope, receive, send)
+    """)
+    server = serve("app.py")
+    assert server.get().text == "first prompt w1 u"
+    assert ran(runs) == ["app"] and sorted(ran(loads)) == ["model", "prompt", "unrelated"]
+
+    write(tmp_path / "prompt.txt", "second prompt\n")
+    server.wait_text("second prompt w1 u")
+    assert ran(runs) == ["app"]  # the module did not re-run
+    assert ran(loads)[3:] == ["prompt"]  # only that cache recomputed
+    assert "load_prompt() read prompt.txt, which changed: cache cleared" in server.log
+
+    write(tmp_path / "weights.txt", "w2\n")
+    server.wait_text("second prompt w2 u")
+    assert ran(runs) == ["app", "app"]
+    assert ran(loads)[4:] == ["model"]
+    assert "load_model() read weights.txt, which changed: cache cleared" in server.log
+
+
+def test_module_updating_a_file_it_reads_does_not_reload_itself(tmp_path, serve):
+    write(tmp_path / "state.json", '{"starts": 0}\n')
+    write(tmp_path / "store.py", """
+        import json
+        STATE = json.load(open("state.json"))
+        STATE["starts"] += 1
+        json.dump(STATE, open("state.json", "w"))
+    """)
+    app_src = """
+        from starlette.responses import PlainTextResponse
+        from store import STATE
+
+        async def app(scope, receive, send):
+            await PlainTextResponse(f"{{STATE['starts']}} {mark}")(scope, receive, send)
+    """
+    write(tmp_path / "app.py", app_src.format(mark="m1"))
+    server = serve("app.py")
+    assert server.get().text == "1 m1"
+    write(tmp_path / "app.py", app_src.format(mark="m2"))
+    server.wait_text("m2")
+    assert server.get().text == "1 m2"  # store did not re-run: its own write is no edit
+    write(tmp_path / "state.json", '{"starts": 10}\n')  # the user's edit is one
+    server.wait_text("11 m2")
+    write(tmp_path / "app.py", app_src.format(mark="m3"))
+    server.wait_text("11 m3")
+    assert [r.split(" in ")[0] for r in reloads(server.log)] == [
+        "app.py", "state.json (+1 dependent)", "app.py"
+    ]
+
+
+def test_app_saving_a_file_it_loads_at_import_does_not_reload(tmp_path, serve):
+    runs = tmp_path / "runs.txt"
+    write(tmp_path / "todos.json", '["milk"]\n')
+    app_src = f"""
+        import json
+        from starlette.responses import PlainTextResponse
+        open({str(runs)!r}, "a").write("app ")
+        TODOS = json.load(open("todos.json"))
+
+        async def app(scope, receive, send):
+            if scope["path"] == "/add":
+                TODOS.append(f"item{{len(TODOS)}}")
+                with open("todos.json", "w") as f:
+                    json.dump(TODOS, f)
+            await PlainTextResponse(",".join(TODOS) + " @MARK@")(scope, receive, send)
+    """
+    write(tmp_path / "app.py", app_src.replace("@MARK@", "first"))
+    server = serve("app.py")
+    for _ in range(3):
+        server.get("/add")
+    assert server.get().text == "milk,item1,item2,item3 first"
+    write(tmp_path / "app.py", app_src.replace("@MARK@", "second"))
+    server.wait_text("second")
+    assert server.get().text == "milk,item1,item2,item3 second"  # re-read at import
+    assert [r.split(" in ")[0] for r in reloads(server.log)] == ["app.py"]
+    assert ran(runs) == ["app", "app"]
+
+
+def test_file_read_at_request_time_needs_no_reload(tmp_path, serve):
+    write(tmp_path / "page.txt", "one\n")
+    app_src = """
+        from pathlib import Path
+        from starlette.responses import PlainTextResponse
+
+        async def app(scope, receive, send):
+            text = Path("page.txt").read_text().strip()
+            await PlainTextResponse(text + " {marker}")(scope, receive, send)
+    """
+    write(tmp_path / "app.py", app_src.format(marker="m1"))
+    server = serve("app.py")
+    assert server.get().text == "one m1"
+    write(tmp_path / "page.txt", "two\n")
+    server.wait_text("two m1")  # read fresh by the handler
+    write(tmp_path / "app.py", app_src.format(marker="m2"))
+    server.wait_text("two m2")
+    assert reloads(server.log) == [reloads(server.log)[0]]
+    assert reloads(server.log)[0].startswith("app.py in")
+
+
+def test_file_outside_the_watched_directories_is_not_tracked(tmp_path, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "data.txt"
+    outside.write_text("x")
+    inside = tmp_path / "data.txt"
+    inside.write_text("x")
+    graph = ModuleGraph([tmp_path])
+    graph.activate()
+    try:
+        graph.begin("mod", tmp_path / "mod.py")
+        outside.read_text()
+        inside.read_text()
+        (tmp_path / "written.txt").write_text("w")  # a write is not a read
+        (tmp_path / "other.py").write_text("")
+        (tmp_path / "other.py").read_text()  # source is import business, not a read
+        graph.end("mod")
+        (tmp_path / "later.txt").write_text("")
+        (tmp_path / "later.txt").read_text()  # nothing executing: not recorded
+    finally:
+        graph.deactivate()
+    assert graph.reads["mod"] == {inside.resolve()}
+
+
+def test_ignored_paths_cause_no_reload(tmp_path, serve):
+    log = tmp_path / "ran.txt"
+    venv_lib = tmp_path / "venv" / "lib"
+    write(venv_lib / "vendored.py", "WORD = 'vendored one'\n")
+    write(tmp_path / ".venv" / "pyvenv.cfg", "home = /usr/bin\n")
+    app_src = f"""
+        import sys
+        sys.path.insert(0, {str(venv_lib)!r})
+        open({str(log)!r}, "a").write("app ")
+        from starlette.responses import PlainTextResponse
+        import vendored
+        CFG = open(".venv/pyvenv.cfg").read().strip()
+
+        async def app(scope, receive, send):
+            text = f"{{vendored.WORD}} | {{CFG}} | {{MARK}}"
+            await PlainTextResponse(text)(scope, receive, send)
+
+        MARK = "@MARK@"
+    """
+    write(tmp_path / "app.py", app_src.replace("@MARK@", "first"))
+    server = serve("app.py")
+    assert server.get().text == "vendored one | home = /usr/bin | first"
+
+    write(venv_lib / "vendored.py", "WORD = 'vendored two'\n")
+    write(tmp_path / ".venv" / "pyvenv.cfg", "home = /opt/bin\n")
+    write(tmp_path / ".venv" / "lib" / "python3.11" / "site-packages" / "pkg.py", "X = 1\n")
+    write(tmp_path / "node_modules" / "htmx" / "htmx.js", "//\n")
+    write(tmp_path / ".git" / "index", "x\n")
+    for name in (".app.py.swp", ".app.py.swx", "app.py~", ".#app.py", "4913"):
+        write(tmp_path / name, "junk\n")
+    write(tmp_path / "__pycache__" / "app.cpython-311.pyc", "junk\n")
+    assert server.get().text.endswith("first")
+
+    write(tmp_path / "app.py", app_src.replace("@MARK@", "second"))
+    server.wait_text("second")
+    assert reloads(server.log) == [reloads(server.log)[0]]
+    assert reloads(server.log)[0].startswith("app.py in")
+    # The app re-ran and read the new .venv file; vendored code is never re-run.
+    assert server.get().text == "vendored one | home = /opt/bin | second"
+    assert ran(log) == ["app", "app"]
+
+
+def test_glob_exclude(tmp_path, serve):
+    write(tmp_path / "fixtures" / "rows.json", "[1]\n")
+    write(tmp_path / "settings_local.py", "LOCAL = 'local one'\n")
+    app_src = """
+        import json
+        from starlette.responses import PlainTextResponse
+        from settings_local import LOCAL
+        ROWS = json.load(open("fixtures/rows.json"))
+
+        async def app(scope, receive, send):
+            await PlainTextResponse(f"{{ROWS}} {{LOCAL}} {mark}")(scope, receive, send)
+    """
+    write(tmp_path / "app.py", app_src.format(mark="m1"))
+    server = serve("app.py", "--reload-exclude", "fixtures/*", "--reload-exclude", "*_local.py")
+    assert server.get().text == "[1] local one m1"
+
+    write(tmp_path / "fixtures" / "rows.json", "[1, 2]\n")
+    write(tmp_path / "settings_local.py", "LOCAL = 'local two'\n")
+    write(tmp_path / "app.py", app_src.format(mark="m2"))
+    server.wait_text("m2")
+    assert reloads(server.log) == [reloads(server.log)[0]]
+    assert reloads(server.log)[0].startswith("app.py in")
+    # app.py re-ran and read the file again; the excluded module is not project code.
+    assert server.get().text == "[1, 2] local one m2"
+
+
+def test_atomic_rename_save_reloads_once(tmp_path, serve):
+    app = write(tmp_path / "app.py", PLAIN_APP.format(text="original"))
+    write(tmp_path / "helpers.py", "X = 1\n")
+    server = serve("app.py")
+    for n, tmp_name in enumerate(["app.py.tmp", ".app.py.swx", "app.py___jb_tmp___"], 1):
+        tmp = write(tmp_path / tmp_name, PLAIN_APP.format(text=f"renamed {n}"))
+        os.replace(tmp, app)
+        server.wait_text(f"renamed {n}")
+    # Anything else the renames caused would be logged before this edit's reload.
+    write(tmp_path / "app.py", PLAIN_APP.format(text="import helpers").replace(
+        "from starlette", "import helpers\nfrom starlette"))
+    server.wait_text("import helpers")
+    write(tmp_path / "helpers.py", "X = 2\n")
+    server.wait_log("Reloaded helpers.py (+1 dependent)")
+    assert [r.split(" in ")[0] for r in reloads(server.log)] == ["app.py"] * 4 + [
+        "helpers.py (+1 dependent)"
+    ]
+    assert "deleted" not in server.log and "Reload failed" not in server.log
+
+
+def test_burst_of_saves_ends_on_the_last_and_never_goes_back(tmp_path, serve):
+    app = write(tmp_path / "app.py", PLAIN_APP.format(text="save 0"))
+    server = serve("app.py")
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            while not stop.is_set():
+                body = client.get("/").text
+                seen.append(int(body.split()[1]))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        started = time.monotonic()
+        for n in range(1, 31):
+            app.write_text(textwrap.dedent(PLAIN_APP.format(text=f"save {n}")))
+            # The burst's rhythm (a save every 10 ms, on a fixed schedule), not a wait.
+            # (A loaded machine may stretch it; what must hold does not depend on timing.)
+            time.sleep(max(0.0, started + n * 0.01 - time.monotonic()))
+        server.wait_text("save 30")
+        settle = time.monotonic() + 1.5
+        while time.monotonic() < settle:  # keep watching: it must stay on the last save
+            assert server.get().text == "save 30"
+    finally:
+        stop.set()
+        sampler.join()
+    assert seen == sorted(seen), f"served an older save after a newer one: {seen}"
+    assert seen[-1] == 30
+
+
+def test_env_file_edit_updates_environment_and_reruns_readers(tmp_path, serve):
+    log = tmp_path / "ran.txt"
+    write(tmp_path / ".env", "GREETING=hello\n")
+    write(tmp_path / "config.py", f"""
+        import os
+        open({str(log)!r}, "a").write("config ")
+        GREETING = os.environ["GREETING"]
+    """)
+    write(tmp_path / "other.py", f"open({str(log)!r}, 'a').write('other ')\n")
+    write(tmp_path / "app.py", f"""
+        import os
+        open({str(log)!r}, "a").write("app ")
+        from starlette.responses import PlainTextResponse
+        from config import GREETING
+        import other
+
+        async def app(scope, receive, send):
+            late = os.environ.get("LATE", "-")
+            await PlainTextResponse(f"{{GREETING}} {{late}}")(scope, receive, send)
+    """)
+    server = serve("app.py", "--env-file", ".env")
+    assert server.get().text == "hello -"
+
+    write(tmp_path / ".env", "GREETING=bonjour\n")
+    server.wait_text("bonjour -")
+    assert ran(log)[3:] == ["config", "app"]
+    assert "Reloaded .env (GREETING) (+1 dependent) in" in server.log
+
+    # Read only at request time: the new value is there at once, nothing re-runs.
+    write(tmp_path / ".env", "GREETING=bonjour\nLATE=late\n")
+    server.wait_text("bonjour late")
+    server.wait_log("LATE changed in os.environ; no project module read it")
+    assert ran(log)[5:] == []
+
+    write(tmp_path / ".env", "LATE=late\n")  # removed from the file: removed from os.environ
+    server.wait_log("Reload failed: config.py:3: KeyError: 'GREETING'")
+    assert server.get().text == "bonjour late"
+
+
+def test_env_file_does_not_override_the_real_environment(tmp_path, serve):
+    write(tmp_path / ".env", "MODE=file\nCOLOR=red\n")
+    write(tmp_path / "app.py", """
+        import os
+        from starlette.responses import PlainTextResponse
+        TEXT = os.environ["MODE"] + " " + os.environ["COLOR"]
+
+        async def app(scope, receive, send):
+            await PlainTextResponse(TEXT)(scope, receive, send)
+    """)
+    server = serve("app.py", "--env-file", ".env", env={"MODE": "shell"})
+    assert server.get().text == "shell red"
+    write(tmp_path / ".env", "MODE=file2\nCOLOR=blue\n")
+    server.wait_text("shell blue")
+
+
+def test_changes_that_need_a_restart_are_said_once(tmp_path, serve):
+    write(tmp_path / "pyproject.toml", '[project]\nname = "demo"\n')
+    write(tmp_path / "requirements.txt", "starlette\n")
+    app_src = PLAIN_APP
+    write(tmp_path / "app.py", app_src.format(text="v1"))
+    server = serve("app.py")
+    for n in range(2):
+        write(tmp_path / "pyproject.toml", f'[project]\nname = "demo{n}"\n')
+        write(tmp_path / "requirements.txt", f"starlette\nhttpx=={n}\n")
+    write(tmp_path / "app.py", app_src.format(text="v2"))
+    server.wait_text("v2")
+    log = server.log
+    assert log.count("pyproject.toml changed: the project's settings and dependencies are not "
+                     "reloaded in place; restart fh_utils dev to apply it") == 1
+    assert log.count("requirements.txt changed:") == 1
+    assert reloads(log) == [reloads(log)[0]]
+
+
+def test_loaded_compiled_extension_needs_a_restart(tmp_path, serve):
+    import _testcapi  # a real compiled extension to copy into the project
+    import shutil
+    import sysconfig
+
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    shutil.copy(_testcapi.__file__, tmp_path / f"_testcapi{suffix}")
+    write(tmp_path / "app.py", PLAIN_APP.format(text="ext").replace(
+        "from starlette", "import _testcapi\nfrom starlette"))
+    server = serve("app.py")
+    assert server.get().text == "ext"
+    (tmp_path / f"_testcapi{suffix}").touch()
+    server.wait_log("a compiled extension module cannot be reloaded in place; restart")
