@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from fh_utils.cache import no_reload, no_reload_cache, on_reload
+from fh_utils.serving import serve
 
 __version__ = "0.6.0"
 
-__all__ = ["__version__", "no_reload", "no_reload_cache", "on_reload"]
+__all__ = ["__version__", "no_reload", "no_reload_cache", "on_reload", "serve"]

@@ -9,6 +9,7 @@ app) `no_reload_cache` is `functools.lru_cache`, `no_reload` returns its argumen
 
 from __future__ import annotations
 
+import ast
 import functools
 import logging
 import sys
@@ -17,6 +18,7 @@ import types
 import weakref
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Hashable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from fh_utils._code import same_code, same_function
@@ -100,7 +102,7 @@ def no_reload(obj: T) -> T:
     """
     if not isinstance(getattr(obj, "__qualname__", None), str):
         raise TypeError(f"@no_reload expects a function or a class, not {obj!r}")
-    if not _dev:
+    if not _active(obj.__module__):
         return obj
     if getattr(obj, "_fh_utils_cache", False):
         raise TypeError(
@@ -136,18 +138,55 @@ def on_reload(callback: F, module: str | types.ModuleType | None = None) -> F:
         conn = sqlite3.connect("app.db")
         on_reload(conn.close)
     """
-    if not _dev:
-        return callback
     if module is None:
         name = sys._getframe(1).f_globals["__name__"]
     else:
         name = module if isinstance(module, str) else module.__name__
+    if not _active(name):
+        return callback
     with _lock:
         _callbacks.setdefault(name, []).append(callback)
     return callback
 
 
 # --- contract with the reload engine ---------------------------------------------------------
+
+
+def _active(module: object) -> bool:
+    """Dev mode, or the `__main__` script of `python app.py` when it calls `fh_utils.serve()`:
+    serve() turns it into the importable app module (`_rename_module`) with its values kept."""
+    return _dev or (module == "__main__" and _main_calls_serve())
+
+
+@functools.cache
+def _main_calls_serve() -> bool:
+    """Whether the running script imports `serve` from fh_utils (parsed once, at first use)."""
+    file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not file or not file.endswith(".py"):
+        return False
+    try:
+        tree = ast.parse(Path(file).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(
+        (isinstance(node, ast.ImportFrom) and node.module == "fh_utils"
+         and any(alias.name in ("serve", "*") for alias in node.names))
+        or (isinstance(node, ast.Attribute) and node.attr == "serve"
+            and isinstance(node.value, ast.Name) and node.value.id == "fh_utils")
+        for node in ast.walk(tree)
+    )
+
+
+def _rename_module(old: str, new: str) -> None:
+    """The module registered as `old` is now imported as `new` (`serve()` from `__main__`)."""
+    with _lock:
+        for registry in (_entries, _pins):
+            for key in [k for k in registry if k[0] == old]:
+                registry[(new, *key[1:])] = registry.pop(key)  # type: ignore[index]
+        if old in _callbacks:
+            _callbacks[new] = _callbacks.pop(old)
+        if old in _occurrences:
+            _occurrences[new] = _occurrences.pop(old)
 
 
 def _activate() -> None:
@@ -285,7 +324,7 @@ def _module_ref(name: str) -> Callable[[], Any]:
 
 
 def _decorate(fn: Any, maxsize: int | None, typed: bool, cleanup: Any) -> Any:
-    if not _dev or not isinstance(fn, types.FunctionType):
+    if not isinstance(fn, types.FunctionType) or not _active(fn.__module__):
         return functools.lru_cache(maxsize, typed)(fn)
     key = _registry_key("cache", fn)
     if key is None:  # defined inside a function: a new object per call, nothing to keep

@@ -187,6 +187,7 @@ class DevSession:
                 f" (+{dependents} dependent{'s' if dependents != 1 else ''})" if dependents else "",
                 (time.perf_counter() - started) * 1000,
             )
+            logger.debug("Re-executed, in order: %s", ", ".join(outcome.reran))
             await self._notify("reloaded", outcome)
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
@@ -216,11 +217,13 @@ class DevSession:
         try:
             await self.switch.swap(self._adapt(outcome.app))
         except LifespanFailed as exc:
+            failure = Failure(None, None, f"Lifespan startup failed: {exc}", "")
             if self.switch.current is None:
-                self.switch.fail(Failure(None, None, f"Lifespan startup failed: {exc}", ""))
+                self.switch.fail(failure)
                 logger.error("Lifespan startup failed: %s", exc)
             else:
                 logger.error("Lifespan startup failed, the previous app keeps serving: %s", exc)
+            await self._notify("failed", failure)
             return False
         return True
 

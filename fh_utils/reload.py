@@ -133,6 +133,7 @@ class Reloader:
         self._finder.install()
         cache._activate()
         self.graph.activate()
+        self.graph.adopt_loaded()
         outcome = Outcome()
         if self.env_file is not None:
             self._reload_env()

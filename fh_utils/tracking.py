@@ -13,9 +13,11 @@ Reads made while a `no_reload_cache` function computes belong to that cache entr
 from __future__ import annotations
 
 import builtins
+import dis
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import itertools
 import linecache
 import os
@@ -136,6 +138,36 @@ class ModuleGraph:
                     del self.files[file]
         else:
             self.imports[name] = imports
+
+    def adopt_loaded(self) -> list[str]:
+        """Take in project modules imported before tracking began (the script behind
+        `python app.py` and what it imported before calling `fh_utils.serve()`).
+
+        They did not run under `ProjectLoader`, so what they import is read from their code
+        instead (every import statement, also inside functions: a superset is safe). They are
+        re-executed by `ProjectLoader` on their first reload, and tracked at run time from then.
+        """
+        found: dict[str, Path] = {}
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            # Aliases (`__main__`, multiprocessing's `__mp_main__`) are not the module's name.
+            if (getattr(module, "__name__", None) != name or name in self.imports
+                    or not isinstance(file, str)
+                    or not file.endswith(".py") or not file.startswith(self._prefixes)):
+                continue
+            if self.is_project_file(Path(file)):
+                found[name] = Path(file).resolve()
+        for name, file in found.items():
+            try:
+                code = compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
+            except (OSError, SyntaxError, ValueError):
+                continue
+            package = getattr(sys.modules[name], "__package__", None) or ""
+            self.imports[name] = {n for n in _imported_names(code, package) if n in found}
+            self.files[file] = name
+            self.code[name] = code
+            self._order.setdefault(name, next(self._counter))
+        return list(found)
 
     def record(self, names: Iterable[str]) -> None:
         importer = self.executing()
@@ -357,6 +389,31 @@ class _ImportHooks:
             if cls._depth == 0 and cls._saved is not None:
                 builtins.__import__, importlib.import_module = cls._saved
                 cls._saved = None
+
+
+def _imported_names(code: types.CodeType, package: str) -> set[str]:
+    """Absolute names of the modules an import statement in `code` may bring in."""
+    names: set[str] = set()
+    todo = [code]
+    while todo:
+        current = todo.pop()
+        instructions = list(dis.get_instructions(current))
+        for i, ins in enumerate(instructions):
+            if ins.opname != "IMPORT_NAME" or i < 2:
+                continue
+            level, fromlist = instructions[i - 2].argval, instructions[i - 1].argval
+            if not isinstance(level, int):
+                continue
+            try:
+                base = (importlib.util.resolve_name("." * level + ins.argval, package)
+                        if level else ins.argval)
+            except (ImportError, ValueError, TypeError):
+                continue
+            parts = base.split(".")
+            names.update(".".join(parts[: j + 1]) for j in range(len(parts)))
+            names.update(f"{base}.{item}" for item in fromlist or () if isinstance(item, str))
+        todo.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return names
 
 
 def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[..., Any]:

@@ -53,7 +53,7 @@ def write(path: Path, text: str) -> Path:
 class DevServer:
     """`python -m fh_utils <command> ...` on a free port, with its output in a file."""
 
-    def __init__(self, cwd: Path, args: list[str], command: str = "dev",
+    def __init__(self, cwd: Path, args: list[str], command: str | None = "dev",
                  env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.cwd = cwd
         self.port = port or free_port()
@@ -62,8 +62,13 @@ class DevServer:
         self._log_file = self.log_path.open("wb")
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         full_env.pop("PORT", None)
+        if command is None:  # a script, e.g. `python app.py` calling fh_utils.serve()
+            argv = [sys.executable, *args]
+            full_env["PORT"] = str(self.port)
+        else:
+            argv = [sys.executable, "-m", "fh_utils", command, *args, "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fh_utils", command, *args, "--port", str(self.port)],
+            argv,
             cwd=cwd,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
@@ -128,7 +133,8 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
     """Start `fh_utils dev ARGS...` in tmp_path and wait until it answers; stopped at teardown."""
     servers: list[DevServer] = []
 
-    def start(*args: str, cwd: Path | None = None, command: str = "dev", ready: bool = True,
+    def start(*args: str, cwd: Path | None = None, command: str | None = "dev",
+              ready: bool = True,
               env: dict[str, str] | None = None, port: int | None = None) -> DevServer:
         server = DevServer(cwd or tmp_path, list(args), command=command, env=env, port=port)
         servers.append(server)

@@ -1,0 +1,119 @@
+"""`fh_utils.serve()`: a drop-in for FastHTML's `serve()` that reloads in place."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["serve"]
+
+logger = logging.getLogger("fh_utils")
+
+_serving = False  # one server per process: a reloaded module calling serve() again is a no-op
+
+
+def serve(
+    appname: str | None = None,
+    app: str = "app",
+    host: str = "0.0.0.0",
+    port: int | None = None,
+    reload: bool = True,
+    reload_includes: Sequence[str] | str | None = None,
+    reload_excludes: Sequence[str] | str | None = None,
+    live: bool = False,
+    procs: int | None = None,
+    **kwargs: Any,
+) -> None:
+    """Serve the app of the calling script with in-place reloading; FastHTML's `serve()` API.
+
+    Put `serve()` at the bottom of `app.py` and run `python app.py`. Like FastHTML's, it does
+    nothing unless called from the `__main__` module, so importing `app.py` (from tests, from
+    `fh_utils dev`, or on each reload) never starts a server. The script's module becomes the
+    importable module `app` without running again, so its start-up work (a model load) happens
+    once, and every reload re-executes `app.py` as `app`.
+
+    `reload=False` serves without watching; `live=True` refreshes open pages after each reload.
+    `port` defaults to `$PORT` or 5001, `host` to FastHTML's `0.0.0.0`; other keyword
+    arguments go to `uvicorn.Config` (`root_path`, `ssl_keyfile`, `log_level`, ...).
+    """
+    global _serving
+    caller = sys._getframe(1).f_globals
+    if caller.get("__name__") == "__main__":
+        main = sys.modules["__main__"]
+    else:  # FastHTML also serves a module whose function is called from __main__
+        back = sys._getframe(2) if _has_frame(2) else None
+        if back is None or back.f_globals.get("__name__") != "__main__":
+            return
+        main = sys.modules[caller["__name__"]]
+        appname = appname or caller["__name__"]
+    if _serving:
+        return
+    _serving = True
+
+    from fh_utils.dev import DevOptions, run_dev  # imports IPython: only when serving
+    from fh_utils.target import AppTarget, resolve_target
+
+    if procs not in (None, 1):
+        logger.warning("serve(procs=%s) is not supported in dev mode: serving one process "
+                       "(use `fh_utils run --workers N` in production)", procs)
+    file = getattr(main, "__file__", None)
+    if appname:
+        directory = Path(file).resolve().parent if file else Path.cwd()
+        target = AppTarget(module=appname, attr=app, app_dir=directory)
+    elif file:
+        target = resolve_target(file, app)
+    else:
+        raise RuntimeError("serve() cannot tell which module to serve: pass appname=")
+    if target.module not in sys.modules and main.__name__ == "__main__":
+        _adopt(main, target.module)
+    options = DevOptions(
+        target=target,
+        host=host,
+        port=port or int(os.getenv("PORT", "5001")),
+        log_level=kwargs.pop("log_level", "info"),
+        reload="fast" if reload else "no",
+        live=live,
+        reload_includes=_listify(reload_includes),
+        reload_excludes=_listify(reload_excludes),
+        uvicorn=kwargs,
+    )
+    try:
+        run_dev(options)
+    finally:
+        _serving = False
+
+
+def _adopt(main: types.ModuleType, name: str) -> None:
+    """Make the running script the importable module `name`, without running it again."""
+    file = str(Path(main.__file__ or "").resolve())
+    old = main.__name__
+    main.__name__ = name
+    main.__spec__ = importlib.util.spec_from_file_location(name, file)
+    main.__package__ = name.rpartition(".")[0]
+    for value in list(vars(main).values()):
+        if isinstance(value, type | types.FunctionType) and value.__module__ == old:
+            value.__module__ = name
+    sys.modules[name] = main
+    from fh_utils import cache
+
+    cache._rename_module(old, name)
+
+
+def _listify(value: Sequence[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _has_frame(depth: int) -> bool:
+    try:
+        sys._getframe(depth + 1)
+    except ValueError:
+        return False
+    return True
