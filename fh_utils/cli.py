@@ -43,6 +43,19 @@ RUN_REFUSED = {
 }
 
 
+# Where fh_utils dev gives an option a wider meaning than uvicorn's text says.
+DEV_HELP = {
+    "reload_dirs": "Watch this directory instead of the working directory and the app's "
+    "directory (repeatable).",
+    "reload_includes": "Also watch this directory, or react to files matching this glob "
+    "pattern (repeatable). Every file not excluded is reported already; with --reload full "
+    "the default is uvicorn's '*.py'.",
+    "reload_excludes": "Never react to, or reload code from, this directory or files matching "
+    "this glob pattern (repeatable). Editor swap files, .git, .venv, __pycache__ and "
+    "node_modules are always excluded.",
+}
+
+
 def _env(option: str) -> str:
     return "FH_UTILS_" + option.lstrip("-").replace("-", "_").upper()
 
@@ -58,11 +71,16 @@ def _copy(param: click.Parameter, **changes: Any) -> click.Option:
     return option
 
 
-def _uvicorn_options(skip: set[str]) -> Callable[[click.Command], click.Command]:
+def _uvicorn_options(
+    skip: set[str], helps: dict[str, str] | None = None
+) -> Callable[[click.Command], click.Command]:
     def add(command: click.Command) -> click.Command:
         for param in _UVICORN.params:
             if isinstance(param, click.Option) and param.name not in skip | _NOT_COPIED:
-                command.params.append(_copy(param))
+                option = _copy(param)
+                if helps and param.name in helps:
+                    option.help = helps[param.name]
+                command.params.append(option)
         return command
 
     return add
@@ -127,7 +145,7 @@ def main() -> None:
 
 
 @_common
-@_uvicorn_options(skip=set())
+@_uvicorn_options(skip=set(), helps=DEV_HELP)
 @main.command(context_settings={"show_default": True})
 @click.option("--reload", "reload", type=click.Choice(["fast", "full", "no"]), default="fast",
               envvar=_env("reload"),
@@ -158,7 +176,8 @@ def dev(ctx: click.Context, **values: Any) -> None:
             reload=values["reload"],
             live=values["live"],
             clear=values["clear"],
-            reload_includes=[*values["reload_dirs"], *values["reload_includes"]],
+            reload_dirs=list(values["reload_dirs"]),
+            reload_includes=list(values["reload_includes"]),
             reload_excludes=list(values["reload_excludes"]),
             reload_delay=values["reload_delay"],
             uvicorn=kwargs,

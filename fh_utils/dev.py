@@ -69,14 +69,15 @@ class DevOptions:
     reload: Literal["fast", "full", "no"] = "fast"
     live: bool = False
     clear: bool = False
+    reload_dirs: Sequence[str] = ()
     reload_includes: Sequence[str] = ()
     reload_excludes: Sequence[str] = ()
     reload_delay: float = 0.25
     uvicorn: dict[str, Any] = field(default_factory=dict)  # further uvicorn.Config arguments
 
     def watch_spec(self) -> WatchSpec:
-        return WatchSpec(self.target.app_dir, self.reload_includes, self.reload_excludes)
-
+        return WatchSpec(self.target.app_dir, self.reload_includes, self.reload_excludes,
+                         reload_dirs=self.reload_dirs)
 
 class DevSession:
     """Owns the reloader, the switch uvicorn serves, and the watcher task."""
@@ -109,6 +110,8 @@ class DevSession:
             logger.info("Will watch for changes in these directories: %s", dirs)
         started = time.perf_counter()
         outcome = self.reloader.start()
+        for note in outcome.notes:
+            logger.warning(note)
         if outcome.failure is not None and self._is_mistake(outcome.failure):
             raise StartupAbort(f"{outcome.failure.summary}: check PATH and --app")
         if outcome.failure is not None:
@@ -269,7 +272,8 @@ def run_dev(options: DevOptions) -> None:
         uvicorn.run(
             f"{__name__}:{_full_reload_child.__name__}", factory=True, lifespan="on",
             reload=True, reload_dirs=[str(d) for d in watch.dirs],
-            reload_excludes=[str(e) for e in watch.exclude_dirs] or None,
+            reload_includes=list(options.reload_includes) or None,
+            reload_excludes=list(options.reload_excludes) or None,
             reload_delay=options.reload_delay, **common, **settings,
         )
         return

@@ -64,8 +64,8 @@ def _ignored(path: Path, parts: Sequence[str], dirs: Iterable[str], patterns: It
 class WatchSpec:
     """The directories to watch and the filter that decides which changed paths matter.
 
-    The working directory and the app's directory are always watched (unless excluded), with
-    the directories named by `includes`.
+    The working directory and the app's directory are watched (unless excluded, or replaced by
+    `reload_dirs`), with the directories named by `includes`.
 
     >>> spec = WatchSpec(Path("."), includes=["*.html"], excludes=["*.log", "data"])
     >>> spec(watchfiles.Change.modified, str(Path.cwd() / "app.py.swp"))
@@ -78,6 +78,7 @@ class WatchSpec:
         includes: Sequence[str | Path] = (),
         excludes: Sequence[str | Path] = (),
         cwd: Path | None = None,
+        reload_dirs: Sequence[str | Path] = (),
     ) -> None:
         cwd = (cwd or Path.cwd()).resolve()
         include_patterns, include_dirs = _resolve(includes, cwd)
@@ -89,7 +90,9 @@ class WatchSpec:
         self.ignored_dirs = IGNORED_DIRS - set(include_patterns)
         self.exclude_dirs = exclude_dirs
         dirs: list[Path] = []
-        for d in (cwd, app_dir.resolve(), *include_dirs):
+        # --reload-dir replaces the defaults (the working directory and the app's), as uvicorn's.
+        base = [Path(d).resolve() for d in reload_dirs] or [cwd, app_dir.resolve()]
+        for d in (*base, *include_dirs):
             if any(d.is_relative_to(e) for e in exclude_dirs):
                 continue
             if not any(d.is_relative_to(seen) for seen in dirs):

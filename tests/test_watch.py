@@ -161,3 +161,12 @@ def test_relative_values_are_relative_to_the_working_directory(project: Path) ->
     assert spec.exclude_dirs == [project / "data"]
     spec = WatchSpec(project, includes=["src"], cwd=project)
     assert spec.dirs == [project]
+
+
+def test_reload_dir_replaces_the_default_directories(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "app").mkdir()
+    spec = WatchSpec(tmp_path / "app", cwd=tmp_path, reload_dirs=[src])
+    assert spec.dirs == [src.resolve()]
+    assert WatchSpec(tmp_path / "app", cwd=tmp_path).dirs == [tmp_path.resolve()]
