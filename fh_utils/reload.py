@@ -117,8 +117,8 @@ class Reloader:
         self._retry: set[str] = set()  # the modules of a batch that failed while running
         self._own_writes: dict[Path, tuple[int, int, int]] = {}  # see _remember_writes
         self._restart_noted: set[Path] = set()
-        # Objects of earlier runs, by (module, name): all of them follow each new run.
-        self._old: dict[tuple[str, str], list[weakref.ref[Any]]] = {}
+        # Objects of earlier runs, by module and name: all of them follow each new run.
+        self._old: dict[str, dict[str, list[weakref.ref[Any]]]] = {}
         self._scratch: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # superreload's
         self._pending: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # this batch's
         self.app: ASGIApp | None = None
@@ -304,23 +304,21 @@ class Reloader:
             return None if a is None or b is None else not same_code(a, b)
 
         patcher = Patcher(class_changed)
-        for key, refs in self._pending.items():
-            self._old.setdefault(key, []).extend(refs)
+        for (module_name, name), refs in self._pending.items():
+            self._old.setdefault(module_name, {}).setdefault(name, []).extend(refs)
         self._pending.clear()
-        names = {m.__name__: m.__dict__ for m in modules}
-        for key in list(self._old):
-            namespace = names.get(key[0])
-            if namespace is None:
-                continue
-            new = namespace.get(key[1])
-            alive = _alive(self._old[key])
-            if new is None or not alive:
-                del self._old[key]
-                continue
-            self._old[key] = [weakref.ref(o) for o in alive]
-            for old in alive:
-                if old is not new:
-                    patcher.update(old, new)
+        for module in modules:
+            olds = self._old.get(module.__name__, {})
+            for name in list(olds):
+                new = module.__dict__.get(name)
+                alive = _alive(olds[name])
+                if new is None or not alive:
+                    del olds[name]
+                    continue
+                olds[name] = [weakref.ref(o) for o in alive]
+                for old in alive:
+                    if old is not new:
+                        patcher.update(old, new)
         patcher.finish()
         self.last_patch = patcher
 
@@ -413,11 +411,7 @@ class Reloader:
             raise AppNotFound(
                 f"{self.target.label} is {type(app).__name__}, not an ASGI application"
             )
-        if inspect.isclass(app) and not hasattr(app, "__await__"):
-            from uvicorn.middleware.asgi2 import ASGI2Middleware
-
-            app = ASGI2Middleware(app)
-        return app
+        return app  # fh_utils.dev adapts ASGI 2 and WSGI apps (--interface)
 
     def _describe(self, exc: BaseException) -> Failure:
         if isinstance(exc, AppNotFound):

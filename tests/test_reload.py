@@ -434,3 +434,27 @@ def test_app_factory_is_called_again_after_reload(tmp_path, serve):
     write(tmp_path / "factory.py", src.format(calls=str(calls), text="made twice"))
     server.wait_text("made twice")
     assert ran(calls) == ["call", "call"]
+
+
+def test_asgi2_and_wsgi_apps_are_adapted(tmp_path, serve):
+    write(tmp_path / "old.py", """
+        class app:  # ASGI 2: a class taking the scope, whose instances are called
+            def __init__(self, scope):
+                self.scope = scope
+            async def __call__(self, receive, send):
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"asgi2 one"})
+    """)
+    write(tmp_path / "legacy.py", """
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"wsgi one"]
+    """)
+    asgi2 = serve("old.py")
+    wsgi = serve("legacy.py", "--interface", "wsgi")
+    assert asgi2.get().text == "asgi2 one" and wsgi.get().text == "wsgi one"
+    (tmp_path / "old.py").write_text((tmp_path / "old.py").read_text().replace("one", "two"))
+    (tmp_path / "legacy.py").write_text(
+        (tmp_path / "legacy.py").read_text().replace("one", "two"))
+    asgi2.wait_text("asgi2 two")
+    wsgi.wait_text("wsgi two")
