@@ -31,7 +31,7 @@ def same_code(a: types.CodeType, b: types.CodeType) -> bool:
         or len(a.co_consts) != len(b.co_consts)
     ):
         return False
-    return all(_same_value(x, y) for x, y in zip(a.co_consts, b.co_consts))
+    return all(_same_value(x, y) for x, y in zip(_consts(a), _consts(b)))
 
 
 def same_function(a: Any, b: Any) -> bool:
@@ -44,6 +44,17 @@ def same_function(a: Any, b: Any) -> bool:
         and _same_value(a.__defaults__, b.__defaults__)
         and _same_value(a.__kwdefaults__, b.__kwdefaults__)
     )
+
+
+_LINE = object()
+
+
+def _consts(code: types.CodeType) -> tuple[Any, ...]:
+    """Constants, with a class body's own line number (`__firstlineno__`, 3.13+) left out."""
+    if "__firstlineno__" not in code.co_names:
+        return code.co_consts
+    return tuple(_LINE if c == code.co_firstlineno and type(c) is int else c
+                 for c in code.co_consts)
 
 
 def _same_value(x: Any, y: Any) -> bool:
