@@ -1,0 +1,520 @@
+"""The benchmark suite: fh_utils dev next to uvicorn on one generated app, in one run.
+
+    pip install -e '.[bench]'
+    python -m benchmarks                 # the full suite, a few minutes; see docs/benchmarks.md
+    python -m benchmarks --quick         # tiny sizes and the light fixture (the smoke test)
+    python -m benchmarks --only 1,3      # some sections only
+
+Sections (each next to uvicorn on the same fixture, see benchmarks/fixture.py):
+1. edit to served: app.py and helpers.py edits, polled until the new text is served, with a
+   second process hammering `/` and every failed request counted;
+2. scaling: the same with N extra project modules imported by app.py;
+3. heap size: a function-body and a class-body edit in a module of 20 classes, with and
+   without millions of live objects;
+4. overhead: steady-state requests per second, fh_utils dev versus plain uvicorn;
+5. memory: the dev server's RSS over many reloads;
+6. start-up: process start to the first response.
+
+Prints a Markdown table with each target and whether it is met, and writes every raw figure
+as JSON under benchmarks/results/ (or `--json FILE`). Targets are shown, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
+from benchmarks.harness import ROOT, Hammer, Server, requests_per_second, wait_served
+
+RESULTS = ROOT / "benchmarks" / "results"
+DEV, RELOAD, PLAIN = "fh_utils dev", "uvicorn --reload", "uvicorn"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    edits: int = 10  # per edit kind, uvicorn --reload (each one is a restart: seconds)
+    dev_edits: int = 20  # per edit kind, fh_utils dev (milliseconds each: more is cheap)
+    extra_modules: int = 200
+    heap_objects: int = 3_000_000
+    rps_seconds: float = 3.0
+    rps_rounds: int = 5  # alternating between the servers
+    reloads: int = 200
+    starts: int = 3
+    heavy: bool = True  # numpy and pandas in the fixture
+    load_seconds: float = 2.0  # the simulated model load
+
+    def spec(self, **changes: Any) -> FixtureSpec:
+        return FixtureSpec(heavy=self.heavy, load_seconds=self.load_seconds, **changes)
+
+    @property
+    def timeout(self) -> float:  # for one edit or one start
+        return 120.0 if self.heavy else 60.0
+
+
+QUICK = Sizes(edits=2, dev_edits=2, extra_modules=5, heap_objects=10_000, rps_seconds=1.0,
+              rps_rounds=1, reloads=5, starts=1, heavy=False, load_seconds=0.2)
+
+TARGETS = {
+    "edit_ms": 40.0,  # (1) median, both edit kinds
+    "speedup": 50.0,  # (1) over uvicorn --reload
+    "scaling": 1.2,  # (2) versus (1)
+    "function_ms": 50.0,  # (3) whatever the heap size
+    "rps_ratio": 0.95,  # (4)
+    "rss_mb": 20.0,  # (5)
+    "startup_s": 0.5,  # (6) more than uvicorn
+}
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, workdir: Path, log: Callable[[str], None]) -> None:
+        self.sizes = sizes
+        self.workdir = workdir
+        self.log = log
+        self._dirs = 0
+
+    def fixture(self, **changes: Any) -> Path:
+        self._dirs += 1
+        return generate(self.workdir / f"app{self._dirs}", self.sizes.spec(**changes))
+
+    @contextmanager
+    def server(self, kind: str, root: Path) -> Iterator[Server]:
+        server = Server(kind, root)
+        try:
+            server.wait_ready(self.sizes.timeout)
+            yield server
+        finally:
+            server.stop()
+
+    def edit_session(
+        self, kind: str, roots: list[Path], plan: list[tuple[str, list[int]]]
+    ) -> list[dict[str, Any]]:
+        """One server per fixture in `roots`, all running at once with one hammer between them.
+
+        `plan`: (edit kind, indexes of the fixtures to edit). Edits alternate between those
+        fixtures, so a busy moment on the machine hits each alike. Per edit: milliseconds from
+        the write to the new text served; the requests running meanwhile (the poller's and the
+        hammer's), how many failed, and the slowest of them.
+        """
+        edits = self.sizes.dev_edits if kind == DEV else self.sizes.edits
+        windows: list[dict[str, list[tuple[float, float, int, int]]]] = [{} for _ in roots]
+        with ExitStack() as stack:
+            servers = [stack.enter_context(self.server(kind, root)) for root in roots]
+            clients = [stack.enter_context(httpx.Client(base_url=s.url,
+                                                        timeout=self.sizes.timeout))
+                       for s in servers]
+            hammer = stack.enter_context(Hammer([s.url for s in servers], self.workdir))
+            for edit_kind, which in plan:
+                for n in range(1, edits + 1):
+                    for i in which:
+                        started = time.monotonic()
+                        marker = edit(roots[i], edit_kind, n)
+                        _, polls, poll_failed = wait_served(clients[i], marker,
+                                                            self.sizes.timeout)
+                        windows[i].setdefault(edit_kind, []).append(
+                            (started, time.monotonic(), polls, poll_failed))
+        results: list[dict[str, Any]] = []
+        for i, per_kind in enumerate(windows):
+            out: dict[str, Any] = {}
+            for edit_kind, series in per_kind.items():
+                ms, requests, failed, slowest = [], [], [], []
+                for start, end, polls, poll_failed in series:
+                    during = hammer.between(start, end, i)
+                    ms.append((end - start) * 1000)
+                    requests.append(polls + len(during))
+                    failed.append(poll_failed + sum(f for *_, f in during))
+                    slowest.append(max(((b - a) * 1000 for a, b, _ in during), default=0.0))
+                out[edit_kind] = {"ms": ms, "requests": requests, "failed": failed,
+                                  "slowest_request_ms": slowest}
+                self.log(f"  {kind:<16} {roots[i].name:<5} {EDITS[edit_kind].file:<11} "
+                         f"{edit_kind:<8} median {statistics.median(ms):8.1f} ms, "
+                         f"{sum(failed)} of {sum(requests)} requests failed, "
+                         f"slowest request {max(slowest):.0f} ms")
+            mine = [r for r in hammer.requests if r[3] == i]
+            out["hammer"] = {"requests": len(mine), "failed": sum(r[2] for r in mine)}
+            results.append(out)
+        return results
+
+    # -- sections ---------------------------------------------------------------------------
+    def edits(self, scaling: bool = True) -> dict[str, Any]:
+        """(1) and (2) in one session: the fixture without and with the extra modules, served
+        side by side and edited in turn; also the no-big-heap half of (3)."""
+        self.log("1. edit to served" + (f", 2. scaling: {self.sizes.extra_modules} extra "
+                                        "modules (app2)" if scaling else ""))
+        roots = [self.fixture()]
+        if scaling:
+            roots.append(self.fixture(extra_modules=self.sizes.extra_modules))
+        both = list(range(len(roots)))
+        plan = [("app", both), ("helper", both), ("function", [0]), ("class", [0])]
+        dev = self.edit_session(DEV, roots, plan)
+        reload = self.edit_session(RELOAD, roots, plan[:2])
+        out = {"edits": {DEV: dev[0], RELOAD: reload[0]}}
+        if scaling:
+            out["scaling"] = {DEV: dev[1], RELOAD: reload[1]}
+        return out
+
+    def heap(self) -> dict[str, Any]:
+        self.log(f"3. heap size: {self.sizes.heap_objects:,} objects alive")
+        root = self.fixture(heap_objects=self.sizes.heap_objects)
+        plan = [("function", [0]), ("class", [0])]
+        return {DEV: self.edit_session(DEV, [root], plan)[0],
+                RELOAD: self.edit_session(RELOAD, [root], plan)[0]}
+
+    def overhead(self) -> dict[str, Any]:
+        """(4): rounds alternate between the servers, so a busy moment hits both alike.
+
+        Besides requests per second, the server's CPU time and context switches per request
+        (from /proc) show where a difference comes from, even on a noisy machine.
+        """
+        self.log("4. overhead: requests per second")
+        root = self.fixture()
+        out: dict[str, dict[str, list[float]]] = {
+            k: {"rps": [], "cpu_us": [], "switches": []} for k in (DEV, PLAIN)}
+        bad = 0
+        with self.server(DEV, root) as dev, self.server(PLAIN, root) as plain:
+            for _ in range(self.sizes.rps_rounds):
+                for kind, server in ((DEV, dev), (PLAIN, plain)):
+                    cpu, switches = server.cpu_seconds(), server.context_switches()
+                    rps, non_200 = requests_per_second(server.port, self.sizes.rps_seconds,
+                                                       warmup=0.0)
+                    n = rps * self.sizes.rps_seconds
+                    out[kind]["rps"].append(rps)
+                    if cpu is not None and switches is not None:
+                        out[kind]["cpu_us"].append(
+                            1e6 * ((server.cpu_seconds() or cpu) - cpu) / n)
+                        out[kind]["switches"].append(
+                            ((server.context_switches() or switches) - switches) / n)
+                    bad += non_200
+        for kind, values in out.items():
+            self.log(f"  {kind:<16} {statistics.median(values['rps']):8.0f} requests/s"
+                     + (f", {statistics.median(values['cpu_us']):.0f} µs CPU and "
+                        f"{statistics.median(values['switches']):.1f} context switches "
+                        "per request" if values["cpu_us"] else ""))
+        return {**out, "non_200": bad, "seconds": self.sizes.rps_seconds}
+
+    def memory(self) -> dict[str, Any]:
+        self.log(f"5. memory: {self.sizes.reloads} reloads")
+        root = self.fixture()
+        samples: list[float] = []
+        times: list[float] = []
+        with self.server(DEV, root) as server, httpx.Client(
+            base_url=server.url, timeout=self.sizes.timeout
+        ) as client:
+            if server.rss_mb() is None:
+                return {"rss_mb": None}
+            samples.append(server.rss_mb() or 0.0)
+            for n in range(1, self.sizes.reloads + 1):
+                started = time.perf_counter()
+                marker = edit(root, "app" if n % 2 else "helper", n)
+                wait_served(client, marker, self.sizes.timeout)
+                times.append((time.perf_counter() - started) * 1000)
+                samples.append(server.rss_mb() or 0.0)
+        self.log(f"  RSS {samples[0]:.1f} MB -> {samples[-1]:.1f} MB")
+        return {"rss_mb": samples, "ms": times}
+
+    def startup(self) -> dict[str, Any]:
+        self.log("6. start-up")
+        root = self.fixture()
+        seconds: dict[str, list[float]] = {DEV: [], PLAIN: [], RELOAD: []}
+        for _ in range(self.sizes.starts):
+            for kind in seconds:
+                server = Server(kind, root)
+                try:
+                    seconds[kind].append(server.wait_ready(self.sizes.timeout))
+                finally:
+                    server.stop()
+        for kind, values in seconds.items():
+            self.log(f"  {kind:<16} {statistics.median(values):8.2f} s")
+        return seconds
+
+
+SECTIONS = {1: "edits", 2: "scaling", 3: "heap", 4: "overhead", 5: "memory", 6: "startup"}
+# (1) and (2) run as one session (see Bench.edits); (2) needs (1)'s figures for its ratio.
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def _ms(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+
+def _mark(ok: bool) -> str:
+    return "✅" if ok else "❌ missed"
+
+
+def _slowest(series: dict[str, Any]) -> float:
+    return max(max(v["slowest_request_ms"]) for k, v in series.items() if k in EDITS)
+
+
+def _failed(series: dict[str, Any], kinds: list[str]) -> tuple[int, int]:
+    return (sum(sum(series[k]["failed"]) for k in kinds if k in series),
+            sum(sum(series[k]["requests"]) for k in kinds if k in series))
+
+
+def rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, str]]:
+    """One table row per figure: measurement, fh_utils dev, uvicorn, target, met."""
+    out: list[dict[str, str]] = []
+
+    def row(section: str, what: str, dev: str, other: str, target: str, met: str) -> None:
+        out.append({"#": section, "measurement": what, DEV: dev, "uvicorn": other,
+                    "target": target, "met": met})
+
+    ms_target = TARGETS["edit_ms"]
+    base = results.get("edits")
+    if base:
+        dev, reload = base[DEV], base[RELOAD]
+        for kind in ("app", "helper"):
+            med = statistics.median(dev[kind]["ms"])
+            row("1", f"edit {EDITS[kind].what} → served, ms", _ms(dev[kind]["ms"]),
+                f"{_ms(reload[kind]['ms'])} (--reload)", f"median ≤ {ms_target:.0f} ms",
+                _mark(med <= ms_target))
+        speedups = [statistics.median(reload[k]["ms"]) / statistics.median(dev[k]["ms"])
+                    for k in ("app", "helper")]
+        row("1", "speed-up over uvicorn --reload (app.py, helpers.py)",
+            " / ".join(f"{s:.0f}×" for s in speedups), "1×", f"≥ {TARGETS['speedup']:.0f}×",
+            _mark(min(speedups) >= TARGETS["speedup"]))
+        f_dev, r_dev = _failed(dev, ["app", "helper"])
+        f_rel, r_rel = _failed(reload, ["app", "helper"])
+        row("1", "failed requests during the edits (refused, reset, 5xx)",
+            f"{f_dev} of {r_dev}", f"{f_rel} of {r_rel} (--reload)", "0", _mark(f_dev == 0))
+        row("1", "slowest request during the edits, ms", f"{_slowest(dev):.0f}",
+            f"{_slowest(reload):.0f} (--reload)", "", "")
+    scaling = results.get("scaling")
+    if scaling:
+        dev, reload = scaling[DEV], scaling[RELOAD]
+        for kind in ("app", "helper"):
+            med = statistics.median(dev[kind]["ms"])
+            ratio = med / statistics.median(base[DEV][kind]["ms"]) if base else None
+            row("2", f"edit {EDITS[kind].file} → served, {sizes.extra_modules} extra modules, ms",
+                _ms(dev[kind]["ms"]) + (f"; {ratio:.2f}× of (1)" if ratio else ""),
+                f"{_ms(reload[kind]['ms'])} (--reload)", "≤ 1.2× of (1)",
+                _mark(ratio <= TARGETS["scaling"]) if ratio else "needs section 1")
+        f_dev, r_dev = _failed(dev, ["app", "helper"])
+        f_rel, r_rel = _failed(reload, ["app", "helper"])
+        row("2", "failed requests during the edits", f"{f_dev} of {r_dev}",
+            f"{f_rel} of {r_rel} (--reload)", "0", _mark(f_dev == 0))
+    heap = results.get("heap")
+    if heap or base:
+        for kind in ("function", "class"):
+            if base:
+                row("3", f"{kind}-body edit → served, no big heap, ms", _ms(base[DEV][kind]["ms"]),
+                    "", f"≤ {TARGETS['function_ms']:.0f} ms" if kind == "function" else "",
+                    _mark(statistics.median(base[DEV][kind]["ms"]) <= TARGETS["function_ms"])
+                    if kind == "function" else "")
+            if heap:
+                med = statistics.median(heap[DEV][kind]["ms"])
+                row("3", f"{kind}-body edit → served, {sizes.heap_objects:,} objects alive, ms",
+                    _ms(heap[DEV][kind]["ms"]), f"{_ms(heap[RELOAD][kind]['ms'])} (--reload)",
+                    f"≤ {TARGETS['function_ms']:.0f} ms" if kind == "function" else "",
+                    _mark(med <= TARGETS["function_ms"]) if kind == "function" else "")
+        if heap:
+            f_dev, r_dev = _failed(heap[DEV], ["function", "class"])
+            f_rel, r_rel = _failed(heap[RELOAD], ["function", "class"])
+            row("3", "failed requests during the edits", f"{f_dev} of {r_dev}",
+                f"{f_rel} of {r_rel} (--reload)", "0", _mark(f_dev == 0))
+    overhead = results.get("overhead")
+    if overhead:
+        dev = statistics.median(overhead[DEV]["rps"])
+        plain = statistics.median(overhead[PLAIN]["rps"])
+        row("4", "requests/s, steady state (4 keep-alive connections)",
+            f"{dev:.0f} ({dev / plain:.1%})", f"{plain:.0f} (no reload)",
+            f"≥ {TARGETS['rps_ratio']:.0%} of uvicorn", _mark(dev / plain >= TARGETS["rps_ratio"]))
+        if overhead[DEV]["cpu_us"] and overhead[PLAIN]["cpu_us"]:
+            def per(kind: str) -> str:
+                return (f"{statistics.median(overhead[kind]['cpu_us']):.0f} µs, "
+                        f"{statistics.median(overhead[kind]['switches']):.1f}")
+            row("4", "server CPU time and context switches per request", per(DEV), per(PLAIN),
+                "", "")
+    memory = results.get("memory")
+    if memory and memory["rss_mb"]:
+        rss = memory["rss_mb"]
+        half = rss[len(rss) // 2]
+        growth = rss[-1] - rss[0]
+        row("5", f"RSS growth over {len(rss) - 1} reloads",
+            f"{growth:+.1f} MB ({rss[0]:.0f} → {rss[-1]:.0f} MB; {rss[-1] - half:+.1f} MB "
+            f"over the last half)", "restarts", f"≤ {TARGETS['rss_mb']:.0f} MB",
+            _mark(growth <= TARGETS["rss_mb"]))
+    elif memory:
+        row("5", "RSS growth", "not measured (needs /proc)", "", "", "")
+    startup = results.get("startup")
+    if startup:
+        dev, plain = statistics.median(startup[DEV]), statistics.median(startup[PLAIN])
+        reload = statistics.median(startup[RELOAD])
+        row("6", f"start-up to first response, s (median of {len(startup[DEV])})",
+            f"{dev:.2f} ({dev - plain:+.2f} s)", f"{plain:.2f} ({reload:.2f} with --reload)",
+            f"≤ uvicorn + {TARGETS['startup_s']} s", _mark(dev - plain <= TARGETS["startup_s"]))
+    return out
+
+
+def table(rows_: list[dict[str, str]]) -> str:
+    if not rows_:
+        return ""
+    head = list(rows_[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows_]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    ram = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = f"{int(line.split()[1]) / 1024**2:.0f} GiB"
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {
+        "cores": os.cpu_count(),
+        "ram": ram,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "commit": commit,
+        "versions": {d: version(d) for d in ("uvicorn", "watchfiles", "ipython", "python-fasthtml",
+                                             "starlette", "numpy", "pandas", "httpx")},
+    }
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def describe(info: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    text = (f"{info['cores']} cores, {info['ram']} RAM, Python {info['python']}, {info['os']}; "
+            f"{versions}; fh_utils at {info['commit']}")
+    loads = [x for pair in info.get("load", {}).values() for x in pair if x is not None]
+    if loads:
+        text += (f"; 1-minute load average {min(loads):.1f}–{max(loads):.1f} during the run "
+                 "(other work on the machine adds noise)")
+    return text
+
+
+# --- command ---------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Targets and method: docs/benchmarks.md",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and the light fixture (no numpy/pandas), for the smoke "
+                             "test")
+    parser.add_argument("--only", help="comma-separated sections to run, e.g. 1,3 (default all)")
+    parser.add_argument("--edits", type=int, help="edits per kind with uvicorn --reload")
+    parser.add_argument("--dev-edits", type=int, help="edits per kind with fh_utils dev")
+    parser.add_argument("--extra-modules", type=int)
+    parser.add_argument("--heap-objects", type=int)
+    parser.add_argument("--rps-seconds", type=float)
+    parser.add_argument("--reloads", type=int, help="reloads for the memory section")
+    parser.add_argument("--starts", type=int, help="starts per server for the start-up section")
+    parser.add_argument("--light", action="store_true",
+                        help="stdlib-only fixture even without --quick")
+    parser.add_argument("--json", type=Path, help="where to write the results "
+                        "(default benchmarks/results/bench-TIME.json)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the generated apps and server logs, and print where")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else Sizes()
+    names = ("edits", "dev_edits", "extra_modules", "heap_objects", "rps_seconds", "reloads",
+             "starts")
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.light:
+        overrides.update(heavy=False)
+    sizes = replace(sizes, **overrides)
+    if min(sizes.edits, sizes.dev_edits) < 1:
+        parser.error("--edits and --dev-edits must be at least 1")
+    try:
+        args.sections = sorted({int(s) for s in args.only.split(",")}) if args.only else [*SECTIONS]
+    except ValueError:
+        parser.error("--only takes section numbers, e.g. 1,3")
+    if not set(args.sections) <= set(SECTIONS):
+        parser.error(f"--only: sections are {', '.join(map(str, SECTIONS))}")
+    if sizes.heavy:
+        missing = [m for m in ("numpy", "pandas") if importlib.util.find_spec(m) is None]
+        if missing:
+            parser.error(f"the full fixture imports {' and '.join(missing)}: "
+                         "pip install -e '.[bench]' (or use --quick / --light)")
+    return args, sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, sizes = parse(argv)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    info = machine()
+    info["load"] = {}  # 1-minute load average before and after each section
+    log(f"{describe(info)}\n{sizes}")
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="fh_utils-bench-"))
+    try:
+        bench = Bench(sizes, workdir, log)
+        for number in args.sections:
+            if number == 2 and 1 in args.sections:
+                continue  # measured with (1)
+            before = _load()
+            if number in (1, 2):
+                results.update(bench.edits(scaling=2 in args.sections))
+            else:
+                results[SECTIONS[number]] = getattr(bench, SECTIONS[number])()
+            info["load"][SECTIONS[number]] = [before, _load()]
+    finally:
+        if args.keep:
+            log(f"apps and server logs kept in {workdir}")
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    table_rows = rows(results, sizes)
+    text = table(table_rows)
+    print(f"{describe(info)}\n\n{text}")
+    path = args.json or RESULTS / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(
+        {"machine": info, "sizes": asdict(sizes), "targets": TARGETS, "results": results,
+         "rows": table_rows, "seconds": time.perf_counter() - started}, indent=1))
+    log(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

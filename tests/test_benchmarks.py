@@ -1,0 +1,48 @@
+"""The benchmark suite runs end to end at tiny sizes, so it cannot rot.
+
+Figures are never asserted here (they depend on the machine); only that every section ran and
+reported. `--quick` uses the light fixture, so neither numpy nor pandas is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_light_fixture_needs_only_the_standard_library_and_every_edit_hits_one_marker(tmp_path):
+    root = generate(tmp_path / "app", FixtureSpec(heavy=False, load_seconds=0.0,
+                                                  extra_modules=3, heap_objects=30))
+    sources = {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*.py")}
+    assert {"app.py", "helpers.py", "model.py", "shapes.py", "big.py", "extra/m002.py"} <= set(
+        sources)
+    assert not any("numpy" in s or "pandas" in s for s in sources.values())
+    assert sources["shapes.py"].count("\nclass Shape") == 20
+    for kind, e in EDITS.items():
+        before = (root / e.file).read_text()
+        assert edit(root, kind, 7) == f"{e.marker}-e007"
+        after = (root / e.file).read_text()
+        assert after == before.replace(f'"{e.marker}-e000"', f'"{e.marker}-e007"') != before
+
+
+def test_quick_run_reports_every_section(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=100,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["sizes"]["heavy"] is False
+    assert set(data["results"]) == {"edits", "scaling", "heap", "overhead", "memory", "startup"}
+    assert {row["#"] for row in data["rows"]} == {"1", "2", "3", "4", "5", "6"}
+    edits = data["results"]["edits"]["fh_utils dev"]
+    assert all(len(edits[kind]["ms"]) == 2 for kind in ("app", "helper", "function", "class"))
+    assert "| # | measurement | fh_utils dev | uvicorn | target | met |" in result.stdout
+    assert "cores" in result.stdout
