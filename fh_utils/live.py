@@ -29,12 +29,13 @@ import html
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Iterable
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from fh_utils._asgi import ASGIApp, Message, Receive, Scope, Send
 from fh_utils.errors import Failure, display_path
 
 if TYPE_CHECKING:
@@ -43,12 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["LIVE_PATH", "LiveHub", "LiveReloadMiddleware"]
 
 logger = logging.getLogger("fh_utils")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LIVE_PATH = "/__fh_utils_live__"  # the WebSocket, under the app's root_path
 MARKER = b"data-fh-utils-live"  # the attribute on the injected <script>: never inject twice

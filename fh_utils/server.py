@@ -13,20 +13,15 @@ import asyncio
 import contextlib
 import html
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from fh_utils._asgi import ASGIApp, Message, Receive, Scope, Send
 from fh_utils.errors import Failure
 
 __all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch"]
 
 logger = logging.getLogger("fh_utils")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DRAIN_TIMEOUT = 3.0  # longest a reload waits for running requests
 RETIRE_TIMEOUT = 10.0  # longest an old app waits for its connections before its shutdown
