@@ -56,6 +56,10 @@ DEV_HELP = {
 }
 
 
+def _refused_help(refused: dict[str, str]) -> dict[str, str]:
+    return {name: f"Refused here: {reason}." for name, reason in refused.items()}
+
+
 def _env(option: str) -> str:
     return "FH_UTILS_" + option.lstrip("-").replace("-", "_").upper()
 
@@ -145,7 +149,7 @@ def main() -> None:
 
 
 @_common
-@_uvicorn_options(skip=set(), helps=DEV_HELP)
+@_uvicorn_options(skip=set(), helps={**DEV_HELP, **_refused_help(DEV_REFUSED)})
 @main.command(context_settings={"show_default": True})
 @click.option("--reload", "reload", type=click.Choice(["fast", "full", "no"]), default="fast",
               envvar=_env("reload"),
@@ -186,7 +190,7 @@ def dev(ctx: click.Context, **values: Any) -> None:
 
 
 @_common
-@_uvicorn_options(skip=set())
+@_uvicorn_options(skip=set(), helps=_refused_help(RUN_REFUSED))
 @main.command(context_settings={"show_default": True})
 @click.option("--reload", "reload", is_flag=True, hidden=True)
 @click.option("--live", is_flag=True, hidden=True)

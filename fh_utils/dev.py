@@ -118,8 +118,8 @@ class DevSession:
             self.switch.fail(outcome.failure)
             await self._notify("failed", outcome.failure)
             logger.error(
-                "Could not load %s: %s\n%s\nServing an error page until a fix is saved.",
-                self.options.target.label, outcome.failure.summary, outcome.failure.traceback,
+                "Could not load %s: %s\nServing an error page until a fix is saved.",
+                self.options.target.label, _with_traceback(outcome.failure),
             )
         elif await self._swap(outcome):
             logger.info(
@@ -179,8 +179,7 @@ class DevSession:
         for note in outcome.notes:
             logger.warning(note)
         if outcome.failure is not None:
-            logger.error("Reload failed: %s\n%s", outcome.failure.summary,
-                         outcome.failure.traceback)
+            logger.error("Reload failed: %s", _with_traceback(outcome.failure))
             await self._notify("failed", outcome.failure)
         elif plan.runnable:
             dependents = outcome.dependents
@@ -194,7 +193,8 @@ class DevSession:
             await self._notify("reloaded", outcome)
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
-            logger.warning("Could not update in place: %s", "; ".join(patch.skipped))
+            logger.warning("Could not update in place: %s",
+                           "; ".join(dict.fromkeys(patch.skipped)))
             patch.skipped.clear()
         if static:
             await self._notify("static_changed", static)
@@ -239,6 +239,11 @@ def uvicorn_log_config(level: str | None) -> dict[str, Any]:
     if level:
         config["loggers"]["fh_utils"]["level"] = level.upper()
     return config
+
+
+def _with_traceback(failure: Failure) -> str:
+    """The summary line, then the traceback when there is one."""
+    return f"{failure.summary}\n{failure.traceback}" if failure.traceback else failure.summary
 
 
 def adapt_interface(app: Any, interface: str) -> Any:

@@ -123,7 +123,13 @@ class Patcher:
             old_value = old.__dict__[key]
             if not _same_member(old_value, new_value):
                 changed = True
-            if _patchable(old_value) and type(old_value) is type(new_value):
+            if (isinstance(old_value, types.FunctionType)
+                    and isinstance(new_value, types.FunctionType)
+                    and old_value.__code__.co_freevars != new_value.__code__.co_freevars):
+                # The old function cannot take the new closure, but the class can take the
+                # new function (a dataclass __init__ after a field with a default_factory).
+                _try_setattr(old, key, new_value)
+            elif _patchable(old_value) and type(old_value) is type(new_value):
                 self.update(old_value, new_value)
             else:
                 _try_setattr(old, key, new_value)
