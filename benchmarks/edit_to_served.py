@@ -47,8 +47,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_served(client: httpx.Client, marker: str, failures: list[int]) -> None:
-    deadline = time.monotonic() + TIMEOUT
+def wait_served(client: httpx.Client, marker: str, failures: list[int],
+                timeout: float = TIMEOUT) -> None:
+    """Poll `/` until `marker` is served; count refused, reset and 5xx requests in failures[0]."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             response = client.get("/")
@@ -60,7 +62,7 @@ def wait_served(client: httpx.Client, marker: str, failures: list[int]) -> None:
             failures[0] += 1
         elif marker in response.text:
             return
-    raise TimeoutError(f"{marker!r} was not served within {TIMEOUT}s")
+    raise TimeoutError(f"{marker!r} was not served within {timeout}s")
 
 
 def measure(name: str, edits: int) -> dict[str, dict[str, object]]:

@@ -19,7 +19,6 @@ import json
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import edit_to_served  # beside this file: run as `python benchmarks/model_app.py`
 import httpx
+from edit_to_served import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "model_app"
@@ -43,26 +44,8 @@ SERVERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_served(client: httpx.Client, marker: str, failures: list[int]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            response = client.get("/")
-        except httpx.HTTPError:
-            failures[0] += 1
-            time.sleep(0.005)
-            continue
-        if response.status_code >= 500:
-            failures[0] += 1
-        elif marker in response.text:
-            return
-    raise TimeoutError(f"{marker!r} was not served within {TIMEOUT}s")
+    edit_to_served.wait_served(client, marker, failures, timeout=TIMEOUT)
 
 
 def run(name: str, edits: int) -> dict[str, object]:
