@@ -47,6 +47,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Ctrl+C, as a user would; kill only if it does not exit within `timeout` seconds."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_served(client: httpx.Client, marker: str, failures: list[int],
                 timeout: float = TIMEOUT) -> None:
     """Poll `/` until `marker` is served; count refused, reset and 5xx requests in failures[0]."""
@@ -91,11 +101,7 @@ def measure(name: str, edits: int) -> dict[str, dict[str, object]]:
                     wait_served(client, "Hello, world!</h1>", failures)
                     results[file] = {"ms": times, "failed_requests": failures[0]}
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
     return results
 
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import edit_to_served  # beside this file: run as `python benchmarks/model_app.py`
 import httpx
-from edit_to_served import free_port
+from edit_to_served import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "model_app"
@@ -74,12 +73,7 @@ def run(name: str, edits: int) -> dict[str, object]:
                         wait_served(client, marker, failures)
                         times.append((time.perf_counter() - start) * 1000)
             finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc)
         loads = log.read_text(errors="replace").count(LOADING)
     return {"cold_ms": cold, "edit_ms": times, "failed_requests": failures[0],
             "model_loads": loads}

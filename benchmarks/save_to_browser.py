@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+from edit_to_served import free_port, stop_process  # beside this file
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,12 +39,6 @@ PAINTED = """() => {
     const paint = performance.getEntriesByName("first-contentful-paint")[0];
     return paint ? performance.timeOrigin + paint.startTime : null;
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(edits: int) -> tuple[list[float], list[float]]:
@@ -93,11 +86,7 @@ def measure(edits: int) -> tuple[list[float], list[float]]:
                     painted.append(painted_at - saved)
                 browser.close()
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
     return painted, seen
 
 

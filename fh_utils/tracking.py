@@ -379,13 +379,11 @@ class _ImportHooks:
     _depth = 0
     _lock = threading.Lock()
     _saved: tuple[Callable[..., Any], Callable[..., Any]] | None = None
-    _graph: ModuleGraph | None = None
 
     @classmethod
     def enter(cls, graph: ModuleGraph) -> type[_ImportHooks]:
         with cls._lock:
             if cls._depth == 0:
-                cls._graph = graph
                 cls._saved = (builtins.__import__, importlib.import_module)
                 builtins.__import__ = _make_import(cls._saved[0], graph)
                 importlib.import_module = _make_import_module(cls._saved[1], graph)

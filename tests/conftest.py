@@ -25,6 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """Ctrl+C, as a user would; kill only if it does not exit within `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, what: str | Callable[[], str]
                ) -> object:
     """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
@@ -117,15 +129,9 @@ class DevServer:
     # -- stopping ----------------------------------------------------------------------------
     def stop(self) -> int:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        returncode = stop_process(self.proc)
         self._log_file.close()
-        return self.proc.returncode
+        return returncode
 
 
 @pytest.fixture

@@ -88,16 +88,19 @@ def test_json_config_edit_reruns_reader_and_its_dependents(tmp_path, serve):
     assert server.get().json()["greeting"] == "bonjour"
 
 
+CONFIG_APP = """
+import json
+from starlette.responses import PlainTextResponse
+N = json.load(open("config.json"))["n"]
+
+async def app(scope, receive, send):
+    await PlainTextResponse(f"n={N}")(scope, receive, send)
+"""
+
+
 def test_broken_config_keeps_old_app_and_fix_recovers(tmp_path, serve):
     write(tmp_path / "config.json", '{"n": 1}\n')
-    write(tmp_path / "app.py", """
-        import json
-        from starlette.responses import PlainTextResponse
-        N = json.load(open("config.json"))["n"]
-
-        async def app(scope, receive, send):
-            await PlainTextResponse(f"n={N}")(scope, receive, send)
-    """)
+    write(tmp_path / "app.py", CONFIG_APP)
     server = serve("app.py")
     assert server.get().text == "n=1"
     write(tmp_path / "config.json", '{"n": \n')
@@ -109,14 +112,7 @@ def test_broken_config_keeps_old_app_and_fix_recovers(tmp_path, serve):
 
 def test_broken_config_at_startup_then_fixed(tmp_path, serve):
     write(tmp_path / "config.json", "not json\n")
-    write(tmp_path / "app.py", """
-        import json
-        from starlette.responses import PlainTextResponse
-        N = json.load(open("config.json"))["n"]
-
-        async def app(scope, receive, send):
-            await PlainTextResponse(f"n={N}")(scope, receive, send)
-    """)
+    write(tmp_path / "app.py", CONFIG_APP)
     server = serve("app.py")
     assert server.get().status_code == 500
     write(tmp_path / "config.json", '{"n": 3}\n')

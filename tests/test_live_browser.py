@@ -14,7 +14,14 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from fh_utils.live import LIVE_PATH, MARKER
-from tests.conftest import RELOAD_TIMEOUT, STARTUP_TIMEOUT, free_port, wait_until, write
+from tests.conftest import (
+    RELOAD_TIMEOUT,
+    STARTUP_TIMEOUT,
+    free_port,
+    stop_process,
+    wait_until,
+    write,
+)
 
 CHROMIUM = "/usr/bin/chromium"  # scripts/test.sh installs it when missing
 CHROMIUM_ARGS = [
@@ -320,10 +327,5 @@ def test_standalone_middleware_reconnects_after_uvicorn_reload_restart(project: 
         write(app, STANDALONE_APP.replace("TEXT", "process two"))
         h1_text_is(page, "process two")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
