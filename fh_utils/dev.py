@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -116,7 +116,8 @@ class DevSession:
             raise StartupAbort(f"{outcome.failure.summary}: check PATH and --app")
         if outcome.failure is not None:
             self.switch.fail(outcome.failure)
-            await self._notify("failed", outcome.failure)
+            failure = outcome.failure
+            await self._notify(lambda listener: listener.failed(failure))
             logger.error(
                 "Could not load %s: %s\nServing an error page until a fix is saved.",
                 self.options.target.label, _with_traceback(outcome.failure),
@@ -132,9 +133,11 @@ class DevSession:
     def _is_mistake(self, failure: Failure) -> bool:
         """The command line names an app that is not there (not a crash in the app's code)."""
         module = self.options.target.module
-        missing = {f"ModuleNotFoundError: No module named '{module[: i]}'"
+        missing = {f"No module named '{module[: i]}'"
                    for i in [len(module), *(i for i, c in enumerate(module) if c == ".")]}
-        return failure.error.startswith("AppNotFound:") or failure.error in missing
+        return failure.kind == "AppNotFound" or (
+            failure.kind == "ModuleNotFoundError" and failure.message in missing
+        )
 
     async def _shutdown(self) -> None:
         self._stop.set()
@@ -165,7 +168,7 @@ class DevSession:
         plan = self.reloader.plan(paths)
         if plan is None:
             if static:
-                await self._notify("static_changed", static)
+                await self._notify(lambda listener: listener.static_changed(static))
             return None
         outcome = plan.outcome
         if plan.runnable:
@@ -180,7 +183,8 @@ class DevSession:
             logger.warning(note)
         if outcome.failure is not None:
             logger.error("Reload failed: %s", _with_traceback(outcome.failure))
-            await self._notify("failed", outcome.failure)
+            failure = outcome.failure
+            await self._notify(lambda listener: listener.failed(failure))
         elif plan.runnable:
             dependents = outcome.dependents
             logger.info(
@@ -190,22 +194,22 @@ class DevSession:
                 (time.perf_counter() - started) * 1000,
             )
             logger.debug("Re-executed, in order: %s", ", ".join(outcome.reran))
-            await self._notify("reloaded", outcome)
+            await self._notify(lambda listener: listener.reloaded(outcome))
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
             logger.warning("Could not update in place: %s",
                            "; ".join(dict.fromkeys(patch.skipped)))
             patch.skipped.clear()
         if static:
-            await self._notify("static_changed", static)
+            await self._notify(lambda listener: listener.static_changed(static))
         return outcome
 
-    async def _notify(self, event: str, payload: object) -> None:
+    async def _notify(self, event: Callable[[DevListener], Awaitable[None]]) -> None:
         for listener in self.listeners:
             try:
-                await getattr(listener, event)(payload)
+                await event(listener)
             except Exception:
-                logger.exception("A reload listener failed on %s", event)
+                logger.exception("A reload listener failed")
 
     def _adapt(self, app: Any) -> Any:
         """The app as ASGI 3, per --interface (the same wrapper while the app is the same)."""
@@ -220,13 +224,13 @@ class DevSession:
         try:
             await self.switch.swap(self._adapt(outcome.app))
         except LifespanFailed as exc:
-            failure = Failure(None, None, f"Lifespan startup failed: {exc}", "")
+            failure = Failure(None, None, "Lifespan startup failed", str(exc), "")
             if self.switch.current is None:
                 self.switch.fail(failure)
                 logger.error("Lifespan startup failed: %s", exc)
             else:
                 logger.error("Lifespan startup failed, the previous app keeps serving: %s", exc)
-            await self._notify("failed", failure)
+            await self._notify(lambda listener: listener.failed(failure))
             return False
         return True
 

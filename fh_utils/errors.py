@@ -21,8 +21,14 @@ class Failure:
 
     file: str | None
     line: int | None
-    error: str  # "SyntaxError: invalid syntax"
+    kind: str  # "SyntaxError"
+    message: str  # "invalid syntax"
     traceback: str
+
+    @property
+    def error(self) -> str:
+        """`SyntaxError: invalid syntax`."""
+        return f"{self.kind}: {self.message}" if self.message else self.kind
 
     @property
     def summary(self) -> str:
@@ -55,11 +61,11 @@ def describe(exc: BaseException, is_project_file: Callable[[Path], bool]) -> Fai
         if frame is not None:
             file, line = frame.filename, frame.lineno
     message = str(exc) if not isinstance(exc, SyntaxError) else (exc.msg or str(exc))
-    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return Failure(
         file=display_path(file) if file else None,
         line=line,
-        error=error,
+        kind=type(exc).__name__,
+        message=message,
         traceback="".join(te.format()).rstrip("\n"),
     )
 

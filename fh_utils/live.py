@@ -158,11 +158,10 @@ class LiveHub:
 
 def error_message(failure: Failure) -> dict[str, Any]:
     """The `error` message: the overlay shows these fields as text (never as HTML)."""
-    kind, _, message = failure.error.partition(": ")
     return {
         "type": "error",
-        "error": kind,
-        "message": message,
+        "error": failure.kind,
+        "message": failure.message,
         "file": failure.file,
         "line": failure.line,
         "summary": failure.summary,

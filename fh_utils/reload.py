@@ -417,7 +417,8 @@ class Reloader:
         if isinstance(exc, AppNotFound):
             module = sys.modules.get(self.target.module)
             file = getattr(module, "__file__", None)
-            return Failure(display_path(file) if file else None, None, f"AppNotFound: {exc}", "")
+            return Failure(display_path(file) if file else None, None, "AppNotFound", str(exc),
+                           "")
         return describe(exc, self.graph.is_project_file)
 
 

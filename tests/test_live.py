@@ -218,7 +218,7 @@ def test_same_origin_socket_gets_pushed_messages():
         assert ws.receive_json() == {"type": "css", "files": [str(Path("static/site.css"))]}
         client.portal.call(hub.static_changed, [Path("app.js"), Path("site.css")])
         assert ws.receive_json() == {"type": "reload"}
-        failure = Failure("app.py", 3, "NameError: name 'x' is not defined", "Traceback <b>")
+        failure = Failure("app.py", 3, "NameError", "name 'x' is not defined", "Traceback <b>")
         client.portal.call(hub.failed, failure)
         message = ws.receive_json()
         assert message == {
@@ -233,7 +233,7 @@ def test_a_page_connecting_while_failed_gets_the_error_at_once_and_reload_clears
     app = live_app(page(), hub=hub)
     with TestClient(app) as client:
         assert client.portal is not None
-        client.portal.call(hub.failed, Failure("app.py", 9, "SyntaxError: oops", "tb"))
+        client.portal.call(hub.failed, Failure("app.py", 9, "SyntaxError", "oops", "tb"))
         with client.websocket_connect(LIVE_PATH, headers=ORIGIN) as ws:
             assert ws.receive_json()["summary"] == "app.py:9: SyntaxError: oops"
             client.portal.call(hub.reloaded, None)
@@ -249,7 +249,7 @@ def test_a_page_connecting_while_failed_gets_the_error_at_once_and_reload_clears
 ])
 def test_other_origins_are_refused(headers):
     hub = LiveHub()
-    hub.failure = Failure("app.py", 1, "SyntaxError: secret source", "secret")
+    hub.failure = Failure("app.py", 1, "SyntaxError", "secret source", "secret")
     client = TestClient(live_app(page(), hub=hub))
     with pytest.raises(WebSocketDisconnect) as refused, \
             client.websocket_connect(LIVE_PATH, headers=headers) as ws:
