@@ -21,12 +21,13 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from fh_utils import effects
 from fh_utils._code import same_code, same_function
 
 if TYPE_CHECKING:
     from functools import _lru_cache_wrapper
 
-__all__ = ["CacheInfo", "no_reload", "no_reload_cache", "on_reload"]
+__all__ = ["CacheInfo", "Engine", "engine", "no_reload", "no_reload_cache", "on_reload"]
 
 logger = logging.getLogger("fh_utils")
 
@@ -117,7 +118,7 @@ def no_reload(obj: T) -> T:
         pin = _pins.get(key)
         # A pin made by an import that failed belongs to a module object nobody uses any more:
         # its globals may lack names defined after the failure. The new import pins afresh.
-        if pin is None or pin.module() is not module():
+        if pin is None or not (pin.committed or pin.module() is module()):
             _pins[key] = _Pin(obj, body, module)
             return obj
     if not pin.warned and not _same_body(pin.body, body):
@@ -149,12 +150,12 @@ def on_reload(callback: F, module: str | types.ModuleType | None = None) -> F:
     return callback
 
 
-# --- contract with the reload engine ---------------------------------------------------------
+# --- the reload engine's side: one named interface ------------------------------------------
 
 
 def _active(module: object) -> bool:
     """Dev mode, or the `__main__` script of `python app.py` when it calls `fh_utils.serve()`:
-    serve() turns it into the importable app module (`_rename_module`) with its values kept."""
+    serve() turns it into the importable app module (`engine.rename_module`), values kept."""
     return _dev or (module == "__main__" and _main_calls_serve())
 
 
@@ -177,74 +178,142 @@ def _main_calls_serve() -> bool:
     )
 
 
-def _rename_module(old: str, new: str) -> None:
-    """The module registered as `old` is now imported as `new` (`serve()` from `__main__`)."""
-    with _lock:
-        for registry in (_entries, _pins):
-            for key in [k for k in registry if k[0] == old]:
-                registry[(new, *key[1:])] = registry.pop(key)  # type: ignore[index]
-        if old in _callbacks:
-            _callbacks[new] = _callbacks.pop(old)
-        if old in _occurrences:
-            _occurrences[new] = _occurrences.pop(old)
+class Engine:
+    """What the reload engine (`fh_utils.reload`) asks of the registries: the only way in.
 
-
-def _activate() -> None:
-    """Enter dev mode: decorators applied from now on keep their values across reloads."""
-    global _dev
-    _dev = True
-
-
-def _before_reexec(module_name: str) -> None:
-    """Run and forget the `on_reload` callbacks of a module about to re-execute.
-
-    Call it before every re-execution: it also restarts the count that tells apart functions
-    defined twice under one name in a module.
+    The engine tells it when a module is about to run again, when a run succeeded, and when a
+    batch of runs is over; it asks which cache entry is computing (to attribute file reads) and
+    whether an object is pinned.
     """
-    with _lock:
-        callbacks = _callbacks.pop(module_name, [])
-        _occurrences.pop(module_name, None)
+
+    def activate(self) -> None:
+        """Enter dev mode: decorators applied from now on keep their values across reloads."""
+        global _dev
+        _dev = True
+
+    def computing_entry(self) -> object | None:
+        """The cache entry whose function is computing in this thread, if any: the engine
+        attributes the files and environment variables read meanwhile to it."""
+        entries = getattr(_computing, "entries", None)
+        return entries[-1] if entries else None
+
+    def before_rerun(self, module_name: str) -> int:
+        """Run and forget the `on_reload` callbacks of a module about to run again; how many.
+
+        Call it before every re-execution: it also restarts the count that tells apart functions
+        defined twice under one name in a module.
+        """
+        with _lock:
+            callbacks = _callbacks.pop(module_name, [])
+            _occurrences.pop(module_name, None)
+        _run_callbacks(module_name, callbacks)
+        return len(callbacks)
+
+    def executed(self, module_name: str) -> None:
+        """`module_name` ran to the end: what it pinned is the module's from now on, also for a
+        new module object (the project re-imported)."""
+        with _lock:
+            for key, pin in _pins.items():
+                if key[0] == module_name:
+                    pin.committed = True
+
+    def release_stale(self, module_names: list[str], gone: bool = False) -> list[str]:
+        """After a successful batch: forget the cached values and pins of functions these
+        modules no longer define (renamed, deleted), running `cleanup` for each value.
+
+        With `gone`, the modules themselves are gone: everything of theirs goes, and their
+        `on_reload` callbacks run. Returns the qualified names released.
+        """
+        released: list[tuple[_Version, list[Any]]] = []
+        names: list[str] = []
+        callbacks: list[tuple[str, list[Callable[[], object]]]] = []
+        with _lock:
+            wanted = set(module_names)
+            for key in [k for k in _entries if k[0] in wanted]:
+                if gone or not _defined(key, "cache"):
+                    entry = _entries.pop(key)
+                    with entry.lock:
+                        released.append((entry.version, entry.clear()))
+                    names.append(key[1])
+            for key in [k for k in _pins if k[0] in wanted]:
+                if gone or not _defined(key, "pin"):
+                    del _pins[key]
+                    names.append(key[1])
+            if gone:
+                for name in module_names:
+                    callbacks.append((name, _callbacks.pop(name, [])))
+                    _occurrences.pop(name, None)
+        for version, values in released:
+            _run_cleanup(version, values)
+        for name, pending in callbacks:
+            _run_callbacks(name, pending)
+        return names
+
+    def batch_done(self) -> None:
+        """End of a reload batch: pinned objects may warn about edits again."""
+        with _lock:
+            for pin in _pins.values():
+                pin.warned = False
+
+    def invalidate(self, entry: object, what: str) -> None:
+        """`what` (a file, an environment variable) that `entry`'s function read has changed."""
+        assert isinstance(entry, _Entry)
+        with entry.lock:
+            dropped = entry.clear()
+            version = entry.version
+        logger.info("%s() read %s, which changed: cache cleared", version.fn.__qualname__, what)
+        _run_cleanup(version, dropped)
+
+    def is_pinned(self, obj: object) -> bool:
+        """Whether `obj` is the object a `@no_reload` pin hands back."""
+        with _lock:
+            return any(pin.obj is obj for pin in _pins.values())
+
+    def rename_module(self, old: str, new: str) -> None:
+        """The module registered as `old` is now imported as `new` (`serve()` from `__main__`)."""
+        with _lock:
+            for registry in (_entries, _pins):
+                for key in [k for k in registry if k[0] == old]:
+                    registry[(new, *key[1:])] = registry.pop(key)  # type: ignore[index]
+            if old in _callbacks:
+                _callbacks[new] = _callbacks.pop(old)
+            if old in _occurrences:
+                _occurrences[new] = _occurrences.pop(old)
+
+    def release_all(self) -> None:
+        """The process stops serving this project (a new worker took over): run every
+        `cleanup` and `on_reload` callback, and forget every value."""
+        with _lock:
+            modules = {k[0] for k in (*_entries, *_pins)} | set(_callbacks)
+        self.release_stale(sorted(modules), gone=True)
+
+    def reset_for_tests(self) -> None:
+        """Leave dev mode and forget every cached value, pinned object and callback."""
+        global _dev
+        _dev = False
+        with _lock:
+            _entries.clear()
+            _pins.clear()
+            _callbacks.clear()
+            _occurrences.clear()
+
+
+engine = Engine()
+
+
+def _defined(key: tuple[str, str, int], kind: str) -> bool:
+    """Whether the last run of key's module decorated key's function (its `index`-th time)."""
+    execution = _occurrences.get(key[0])
+    return execution is not None and execution.counts.get((kind, key[1]), 0) > key[2]
+
+
+def _run_callbacks(module_name: str, callbacks: list[Callable[[], object]]) -> None:
     for callback in reversed(callbacks):
         try:
             callback()
         except Exception:
             name = getattr(callback, "__qualname__", callback)
             logger.exception("on_reload callback %s of %s failed", name, module_name)
-
-
-def _reload_done() -> None:
-    """End of a reload batch: pinned objects may warn about edits again."""
-    with _lock:
-        for pin in _pins.values():
-            pin.warned = False
-
-
-def _computing_entry() -> object | None:
-    """The cache entry whose function is computing in this thread, if any: the engine
-    attributes the files and environment variables read meanwhile to it."""
-    entries = getattr(_computing, "entries", None)
-    return entries[-1] if entries else None
-
-
-def _invalidate(entry: object, what: str) -> None:
-    """`what` (a file, an environment variable) that `entry`'s function read has changed."""
-    assert isinstance(entry, _Entry)
-    with entry.lock:
-        dropped = entry.clear()
-        version = entry.version
-    logger.info("%s() read %s, which changed: cache cleared", version.fn.__qualname__, what)
-    _run_cleanup(version, dropped)
-
-
-def _deactivate_for_tests() -> None:
-    """Leave dev mode and forget every cached value, pinned object and callback."""
-    global _dev
-    _dev = False
-    with _lock:
-        _entries.clear()
-        _pins.clear()
-        _callbacks.clear()
-        _occurrences.clear()
 
 
 # --- internals -------------------------------------------------------------------------------
@@ -298,10 +367,11 @@ class _Entry:
 
 
 class _Pin:
-    __slots__ = ("body", "module", "obj", "warned")
+    __slots__ = ("body", "committed", "module", "obj", "warned")
 
     def __init__(self, obj: Any, body: Any, module: Callable[[], Any]) -> None:
         self.obj, self.body, self.module, self.warned = obj, body, module, False
+        self.committed = False  # its module's run went to the end
 
 
 class _Execution:
@@ -389,7 +459,8 @@ def _call(entry: _Entry, version: _Version, args: tuple[Any, ...], kwargs: dict[
     try:
         _computing.__dict__.setdefault("entries", []).append(entry)
         try:
-            call.value = version.fn(*args, **kwargs)
+            with effects.detached():  # what the value holds outlives the module's run
+                call.value = version.fn(*args, **kwargs)
         finally:
             _computing.entries.pop()
     except BaseException as error:
@@ -451,7 +522,7 @@ def _registry_key(kind: str, obj: Any) -> tuple[str, str, int] | None:
     ref = _module_ref(module)
     with _lock:
         execution = _occurrences.get(module)
-        # A re-execution starts with _before_reexec; a fresh import (after one that failed, or
+        # A re-execution starts with engine.before_rerun; a fresh import (after one that failed, or
         # a module deleted from sys.modules) is a new module object: count from zero again.
         if execution is None or execution.module() is not ref():
             execution = _occurrences[module] = _Execution(ref)

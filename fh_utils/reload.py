@@ -30,8 +30,8 @@ from typing import Any
 
 from IPython.extensions.autoreload import superreload
 
-from fh_utils import cache
 from fh_utils._code import same_code
+from fh_utils.cache import engine as cache_engine
 from fh_utils.errors import Failure, describe, display_path
 from fh_utils.patch import Patcher
 from fh_utils.target import AppTarget
@@ -105,7 +105,7 @@ class Reloader:
         self.target = target
         own = Path(__file__).resolve().parent  # fh_utils itself is never a project module
         self.graph = ModuleGraph(list(roots), [*excludes, own], ignore)
-        self.graph.computing = cache._computing_entry
+        self.graph.computing = cache_engine.computing_entry
         self._finder = ProjectFinder(self.graph)
         self.env_file = Path(env_file).resolve() if env_file is not None else None
         self._env_owned: set[str] = set()  # variables whose value comes from the env file
@@ -131,7 +131,7 @@ class Reloader:
         if app_dir not in sys.path:
             sys.path.insert(0, app_dir)
         self._finder.install()
-        cache._activate()
+        cache_engine.activate()
         self.graph.activate()
         self.graph.adopt_loaded()
         outcome = Outcome()
@@ -228,7 +228,7 @@ class Reloader:
         if not plan.runnable:
             return plan.outcome
         for entry, what in plan.caches:  # before the modules that may call them re-run
-            cache._invalidate(entry, what)
+            cache_engine.invalidate(entry, what)
         if plan.order or plan.needs_import:
             self._run(plan.order, plan.outcome, plan.needs_import)
         else:
@@ -245,7 +245,7 @@ class Reloader:
         try:
             for name in order:
                 module = sys.modules[name]
-                cache._before_reexec(name)
+                cache_engine.before_rerun(name)
                 snapshot = dict(module.__dict__)
                 superreload(module, self._reexec(snapshot), self._scratch)
                 done.append((module, snapshot))
@@ -267,7 +267,7 @@ class Reloader:
             outcome.failure = self._describe(error)
             return
         finally:
-            cache._reload_done()
+            cache_engine.batch_done()
             self._remember_writes()
         self._retry = set()
         self._patch([m for m, _ in done], before)

@@ -102,7 +102,7 @@ def _adopt(main: types.ModuleType, name: str) -> None:
     sys.modules[name] = main
     from fh_utils import cache
 
-    cache._rename_module(old, name)
+    cache.engine.rename_module(old, name)
 
 
 def _listify(value: Sequence[str] | str | None) -> list[str]:

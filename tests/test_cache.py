@@ -1,8 +1,9 @@
 """Tests for fh_utils.cache.
 
-A reload is simulated the way the reload engine does it: `_before_reexec`, clear the module's
-namespace (keeping what IPython's superreload keeps), `importlib.reload`, `_reload_done`. What a
-loader ran is appended to a file outside the reloaded module, so it proves what executed.
+A reload is simulated the way the reload engine does it: `engine.before_rerun`, clear the
+module's namespace (keeping what IPython's superreload keeps), `importlib.reload`,
+`engine.batch_done`. What a loader ran is appended to a file outside the reloaded module, so it
+proves what executed.
 """
 
 from __future__ import annotations
@@ -62,14 +63,14 @@ class Module:
 
     def reexec(self, done: bool = True) -> types.ModuleType:
         module = sys.modules[self.name]
-        cache._before_reexec(self.name)
+        cache.engine.before_rerun(self.name)
         keep = ("__name__", "__loader__", "__spec__", "__file__")
         saved = {key: module.__dict__[key] for key in keep}
         module.__dict__.clear()
         module.__dict__.update(saved)
         importlib.reload(module)
         if done:
-            cache._reload_done()
+            cache.engine.batch_done()
         return module
 
     def runs(self) -> list[str]:
@@ -82,14 +83,14 @@ Messages = Callable[[], list[str]]
 
 @pytest.fixture(autouse=True)
 def _reset() -> Iterator[None]:
-    cache._deactivate_for_tests()
+    cache.engine.reset_for_tests()
     yield
-    cache._deactivate_for_tests()
+    cache.engine.reset_for_tests()
 
 
 @pytest.fixture
 def dev() -> None:
-    cache._activate()
+    cache.engine.activate()
 
 
 @pytest.fixture
@@ -551,7 +552,7 @@ def test_on_reload_runs_once_per_reexecution(
         """
     )
     m.load()
-    cache._before_reexec("some_other_module")
+    cache.engine.before_rerun("some_other_module")
     assert m.runs() == ["exec"]
     m.reexec()
     m.reexec()
@@ -663,7 +664,7 @@ def test_outside_dev_mode_is_identity(make_module: MakeModule) -> None:
     assert no_reload(callback) is callback
     assert no_reload(Thing) is Thing
     assert on_reload(callback) is callback
-    cache._before_reexec(__name__)
+    cache.engine.before_rerun(__name__)
     module = make_module(LOADER).load()
     assert isinstance(module.load_model, functools._lru_cache_wrapper)
 
