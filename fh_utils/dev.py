@@ -20,10 +20,11 @@ import watchfiles
 from uvicorn.middleware.asgi2 import ASGI2Middleware
 from uvicorn.middleware.wsgi import WSGIMiddleware
 
+from fh_utils import effects
 from fh_utils.errors import Failure
 from fh_utils.live import LiveHub, LiveReloadMiddleware
-from fh_utils.reload import Outcome, Reloader
-from fh_utils.server import LifespanFailed, StartupAbort, Switch
+from fh_utils.reload import Batch, Outcome, Plan, Reloader
+from fh_utils.server import LifespanFailed, StartupAbort, Switch, Timeouts
 from fh_utils.target import AppTarget
 from fh_utils.watch import WatchSpec
 
@@ -69,6 +70,9 @@ class DevOptions:
     reload: Literal["fast", "full", "no"] = "fast"
     live: bool = False
     clear: bool = False
+    escalate: bool = True  # re-import or restart when in place cannot be faithful
+    keep_connections: bool = False  # leave a retired app's WebSockets and streams open
+    timeout_lifespan: float = 30.0
     reload_dirs: Sequence[str] = ()
     reload_includes: Sequence[str] = ()
     reload_excludes: Sequence[str] = ()
@@ -79,6 +83,7 @@ class DevOptions:
         return WatchSpec(self.target.app_dir, self.reload_includes, self.reload_excludes,
                          reload_dirs=self.reload_dirs)
 
+
 class DevSession:
     """Owns the reloader, the switch uvicorn serves, and the watcher task."""
 
@@ -87,15 +92,20 @@ class DevSession:
         self.watch = options.watch_spec()
         self.reloader = Reloader(options.target, self.watch.dirs, self.watch.exclude_dirs,
                                  ignore=self.watch.ignores,
-                                 env_file=options.uvicorn.get("env_file"))
+                                 env_file=options.uvicorn.get("env_file"),
+                                 escalate=options.escalate)
         settings = dict(options.uvicorn)
         # These two describe the user's app; the switch uvicorn serves is always ASGI 3.
         self._interface = settings.pop("interface", "auto")
-        self.switch = Switch(self._startup, self._shutdown, settings.pop("lifespan", "auto"))
+        self.switch = Switch(self._startup, self._shutdown, settings.pop("lifespan", "auto"),
+                             Timeouts(lifespan=options.timeout_lifespan),
+                             keep_connections=options.keep_connections)
         self.uvicorn_settings = settings
         self._adapted: tuple[Any, Any] | None = None
         self._stop = asyncio.Event()
-        self._watcher: asyncio.Task[None] | None = None
+        self._changes: set[Path] = set()
+        self._changed = asyncio.Event()  # set when changes arrive; cancels a pending startup
+        self._tasks: list[asyncio.Task[None]] = []
         self.listeners: list[DevListener] = []
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
         self.live: LiveHub | None = None
@@ -104,10 +114,13 @@ class DevSession:
             self.listeners.append(self.live)
             self.asgi = LiveReloadMiddleware(self.switch, self.live)
 
+    # -- start and stop ----------------------------------------------------------------------
     async def _startup(self) -> None:
+        effects.install_task_factory(asyncio.get_running_loop())
         if self.options.reload == "fast":
             dirs = [str(d) for d in self.watch.dirs]
             logger.info("Will watch for changes in these directories: %s", dirs)
+            self._spawn(self._watch())
         started = time.perf_counter()
         outcome = self.reloader.start()
         for note in outcome.notes:
@@ -115,20 +128,32 @@ class DevSession:
         if outcome.failure is not None and self._is_mistake(outcome.failure):
             raise StartupAbort(f"{outcome.failure.summary}: check PATH and --app")
         if outcome.failure is not None:
-            self.switch.fail(outcome.failure)
-            failure = outcome.failure
-            await self._notify(lambda listener: listener.failed(failure))
-            logger.error(
-                "Could not load %s: %s\nServing an error page until a fix is saved.",
-                self.options.target.label, _with_traceback(outcome.failure),
-            )
-        elif await self._swap(outcome):
+            await self._show_load_failure(outcome.failure)
+        elif await self._serve_first(outcome):
             logger.info(
                 "Loaded %s in %d ms", self.options.target.label,
                 (time.perf_counter() - started) * 1000,
             )
         if self.options.reload == "fast":
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            self._spawn(self._apply_changes())
+
+    async def _serve_first(self, outcome: Outcome) -> bool:
+        assert outcome.app is not None
+        try:
+            generation = await self.switch.start(self._adapt(outcome.app), self._changed)
+        except LifespanFailed as exc:
+            await self._show_load_failure(Failure(None, None, "LifespanFailed", str(exc), ""))
+            return False
+        await self.switch.commit(generation)
+        return True
+
+    async def _show_load_failure(self, failure: Failure) -> None:
+        self.switch.fail(failure)
+        await self._notify(lambda listener: listener.failed(failure))
+        logger.error(
+            "Could not load %s: %s\nServing an error page until a fix is saved.",
+            self.options.target.label, _with_traceback(failure),
+        )
 
     def _is_mistake(self, failure: Failure) -> bool:
         """The command line names an app that is not there (not a crash in the app's code)."""
@@ -140,27 +165,68 @@ class DevSession:
         )
 
     async def _shutdown(self) -> None:
+        """Every step runs, even when one before it fails."""
         self._stop.set()
+        steps: list[Callable[[], Awaitable[None]]] = []
         if self.live is not None:
-            await self.live.close()
-        if self._watcher is not None:
-            await self._watcher
-        await self.switch.close()
-        self.reloader.stop()
+            steps.append(self.live.close)
+        steps += [self._stop_tasks, self.switch.close]
+        for step in steps:
+            try:
+                await step()
+            except Exception:
+                logger.exception("Shutdown step %s failed", getattr(step, "__name__", step))
+        try:
+            self.reloader.stop()
+        except Exception:
+            logger.exception("Shutdown step reloader.stop failed")
 
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # -- watching ----------------------------------------------------------------------------
     async def _watch(self) -> None:
-        async for changes in watchfiles.awatch(
-            *self.watch.dirs,
-            watch_filter=self._filter,
-            step=WATCH_STEP_MS,
-            stop_event=self._stop,
-            rust_timeout=500,
-        ):
-            await self.apply({Path(path) for _, path in changes})
+        """Collect changes from watchfiles; a failure of the watcher is logged and it restarts."""
+        while not self._stop.is_set():
+            try:
+                async for changes in watchfiles.awatch(
+                    *self.watch.dirs,
+                    watch_filter=self._filter,
+                    step=WATCH_STEP_MS,
+                    stop_event=self._stop,
+                    rust_timeout=500,
+                ):
+                    self._changes.update(Path(path) for _, path in changes)
+                    self._changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("The file watcher failed; restarting it")
+                await asyncio.sleep(0.5)
+
+    async def _apply_changes(self) -> None:
+        """Apply changes as they arrive; an exception in one reload never stops the next."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            paths, self._changes = self._changes, set()
+            try:
+                await self.apply(paths)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Reload failed unexpectedly (this is a bug in fh_utils)")
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
         return self.watch(change, path) and self.reloader.graph.is_project_file(Path(path))
 
+    # -- reloading ---------------------------------------------------------------------------
     async def apply(self, paths: set[Path]) -> Outcome | None:
         """Reload for these changed files and make the result live (or report why not)."""
         started = time.perf_counter()
@@ -173,9 +239,7 @@ class DevSession:
         outcome = plan.outcome
         if plan.runnable:
             async with self.switch.paused():
-                outcome = self.reloader.run(plan)
-                if outcome.app is not None and not await self._swap(outcome):
-                    return outcome
+                outcome = await self._reload(plan)
         if self.options.clear:
             sys.stderr.write(CLEAR_SCREEN)
             sys.stderr.flush()
@@ -186,14 +250,7 @@ class DevSession:
             failure = outcome.failure
             await self._notify(lambda listener: listener.failed(failure))
         elif plan.runnable:
-            dependents = outcome.dependents
-            logger.info(
-                "Reloaded %s%s in %d ms",
-                ", ".join(outcome.changed),
-                f" (+{dependents} dependent{'s' if dependents != 1 else ''})" if dependents else "",
-                (time.perf_counter() - started) * 1000,
-            )
-            logger.debug("Re-executed, in order: %s", ", ".join(outcome.reran))
+            self._log_reloaded(outcome, started)
             await self._notify(lambda listener: listener.reloaded(outcome))
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
@@ -203,6 +260,78 @@ class DevSession:
         if static:
             await self._notify(lambda listener: listener.static_changed(static))
         return outcome
+
+    async def _reload(self, plan: Plan) -> Outcome:
+        """Run the plan at the lowest tier that is faithful, then serve what it gave."""
+        batch = self.reloader.run(plan)
+        if batch.escalation is not None:
+            batch = self._escalate(batch, plan)
+        if batch.outcome.failure is not None or batch.app is None:
+            batch.rollback()
+            return batch.outcome
+        try:
+            closed = await self._serve(batch)
+        except BaseException:
+            batch.rollback()
+            raise
+        if closed is None:
+            return batch.outcome
+        batch.commit()
+        sockets, streams = closed
+        if sockets or streams:
+            logger.info("Closed %s of the previous app so they reconnect to the new code",
+                        _connections(sockets, streams))
+        for name in batch.outcome.released:
+            logger.info("%s() is gone: its cached values were released", name)
+        return batch.outcome
+
+    def _escalate(self, batch: Batch, plan: Plan) -> Batch:
+        """In place cannot be faithful: re-import the project (or say what a restart needs)."""
+        escalation = batch.escalation
+        assert escalation is not None
+        if not self.options.escalate:
+            batch.outcome.notes.append(f"{escalation.cause}: in place cannot apply this "
+                                       "faithfully; restart fh_utils dev (escalation is off)")
+            batch.escalation = None
+            return batch
+        batch.rollback()
+        if escalation.tier == "re-import":
+            batch = self.reloader.reimport(plan, escalation.cause)
+            if batch.escalation is None:
+                return batch
+            escalation = batch.escalation
+        batch.outcome.failure = Failure(
+            None, None, "RestartNeeded",
+            f"{escalation.cause}: only a new process can apply this; restart fh_utils dev", "")
+        return batch
+
+    async def _serve(self, batch: Batch) -> tuple[int, int] | None:
+        """Start the batch's app if it is a new one and make it current; None if it could not
+        start (the batch is rolled back, the failure is in its outcome)."""
+        assert batch.app is not None
+        try:
+            generation = await self.switch.start(self._adapt(batch.app), self._changed)
+        except LifespanFailed as exc:
+            batch.rollback()
+            batch.outcome.failure = Failure(None, None, "LifespanFailed", str(exc), "")
+            logger.error("Lifespan startup failed, the previous app keeps serving: %s", exc)
+            return None
+        return await self.switch.commit(generation)
+
+    def _log_reloaded(self, outcome: Outcome, started: float) -> None:
+        dependents = outcome.dependents
+        how = "" if outcome.tier == "in place" else (
+            f" by re-importing the project ({outcome.cause})" if outcome.tier == "re-import"
+            else f" by restarting the worker ({outcome.cause})")
+        logger.info(
+            "Reloaded %s%s%s in %d ms",
+            ", ".join(outcome.changed),
+            f" (+{dependents} dependent{'s' if dependents != 1 else ''})"
+            if dependents and outcome.tier == "in place" else "",
+            how,
+            (time.perf_counter() - started) * 1000,
+        )
+        logger.debug("Re-executed, in order: %s", ", ".join(outcome.reran))
 
     async def _notify(self, event: Callable[[DevListener], Awaitable[None]]) -> None:
         for listener in self.listeners:
@@ -219,20 +348,15 @@ class DevSession:
         self._adapted = (app, wrapped)
         return wrapped
 
-    async def _swap(self, outcome: Outcome) -> bool:
-        assert outcome.app is not None
-        try:
-            await self.switch.swap(self._adapt(outcome.app))
-        except LifespanFailed as exc:
-            failure = Failure(None, None, "Lifespan startup failed", str(exc), "")
-            if self.switch.current is None:
-                self.switch.fail(failure)
-                logger.error("Lifespan startup failed: %s", exc)
-            else:
-                logger.error("Lifespan startup failed, the previous app keeps serving: %s", exc)
-            await self._notify(lambda listener: listener.failed(failure))
-            return False
-        return True
+
+def _connections(sockets: int, streams: int) -> str:
+    parts = []
+    if sockets:
+        parts.append(f"{sockets} WebSocket{'s' if sockets != 1 else ''}")
+    if streams:
+        parts.append(f"{streams} stream{'s' if streams != 1 else ''}")
+    total = sockets + streams
+    return f"{total} connection{'s' if total != 1 else ''} ({', '.join(parts)})"
 
 
 def uvicorn_log_config(level: str | None) -> dict[str, Any]:

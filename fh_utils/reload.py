@@ -1,22 +1,28 @@
-"""The reload engine: changed files in, the next app (or an error) out.
+"""The reload engine: changed files in, the next app (or an error) out, as a transaction.
 
-One reload is a batch: the changed project modules and every module that imports them are
-re-executed, dependencies first, each through IPython's `superreload`. The batch is atomic:
-files are compiled before any module is touched, and if a module raises (anything, including
-`SystemExit`) or the app can no longer be found, every module of the batch gets back its exact
-previous namespace and no old object has been patched. Only a batch that fully succeeds moves
-old functions, classes and instances onto the new code (`fh_utils.patch`).
+A reload is a `Batch`: the changed project modules and every module that imports them are
+re-executed, dependencies first, each through IPython's `superreload`. Nothing of a batch is
+final until `Batch.commit()`: files are compiled before any module is touched, and if a module
+raises (anything, including `SystemExit`), the app can no longer be found, or the new app's
+lifespan startup fails, `Batch.rollback()` gives every module its exact previous namespace,
+its classes and its side effects back (`fh_utils.effects`), and no old object has been patched.
+Only a committed batch moves old functions and instances onto the new code, cancels the tasks
+of the runs it replaced and releases cached values whose function is gone.
 
-Besides Python files, a batch starts from files that modules read while they executed (their
-readers re-run; a `no_reload_cache` function that read one only loses its values), from the
-`--env-file` (its variables are updated in `os.environ` and the modules and caches that read
-them re-run or are cleared), and notes the changes no reload can apply (`needs_restart`).
+Two tiers exist in this process: `run` re-executes in place (fast); `reimport` imports the
+whole project afresh (every project module leaves `sys.modules`; installed packages and
+`no_reload_cache` values stay) for what in place cannot do faithfully. A batch says which
+tier it needs (`Batch.escalation`); the session decides (`fh_utils.dev`).
+
+Changes that failed are not lost: every path of a batch that did not commit is planned again
+with the next save.
 
 This module imports IPython; only `fh_utils dev` imports it.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 import inspect
 import os
@@ -26,18 +32,21 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from IPython.extensions.autoreload import superreload
 
-from fh_utils._code import same_code
+from fh_utils import effects
 from fh_utils.cache import engine as cache_engine
+from fh_utils.classes import ClassKeeper
+from fh_utils.envfile import Changes, EnvFile
 from fh_utils.errors import Failure, describe, display_path
+from fh_utils.graph import GraphState, Listing, ModuleGraph, Resource
 from fh_utils.patch import Patcher
 from fh_utils.target import AppTarget
-from fh_utils.tracking import ModuleGraph, ProjectFinder, Resource, track_environ
+from fh_utils.tracking import ProjectFinder, activate, deactivate, track_environ
 
-__all__ = ["AppNotFound", "Outcome", "Plan", "Reloader"]
+__all__ = ["AppNotFound", "Batch", "Escalation", "Outcome", "Plan", "Reloader"]
 
 ASGIApp = Callable[..., Any]
 
@@ -46,6 +55,17 @@ _RESTART_FILES = frozenset(
     {"pyproject.toml", "setup.cfg", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock"}
 )
 _EXTENSION_SUFFIXES = (".so", ".pyd")
+THREAD_STOP_TIMEOUT = 1.0  # how long a thread stopped by on_reload may take to end
+
+Tier = Literal["in place", "re-import", "restart"]
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """In-place reloading cannot be faithful here: go up to `tier`, because of `cause`."""
+
+    tier: Tier
+    cause: str
 
 
 @dataclass
@@ -58,6 +78,9 @@ class Outcome:
     reran: list[str] = field(default_factory=list)  # modules re-executed, in order
     notes: list[str] = field(default_factory=list)  # things worth a log line
     needs_restart: str | None = None  # why only a new process can apply this change
+    tier: Tier = "in place"
+    cause: str | None = None  # why a higher tier ran
+    released: list[str] = field(default_factory=list)  # cached functions gone, values released
 
     @property
     def dependents(self) -> int:
@@ -72,18 +95,42 @@ class Plan:
     needs_import: bool
     outcome: Outcome
     caches: list[tuple[object, str]] = field(default_factory=list)  # entry, what it read
+    removed: list[str] = field(default_factory=list)  # modules whose file is gone
+    env: Changes = field(default_factory=dict)  # variables the env file changes
+    paths: set[Path] = field(default_factory=set)  # every change this plan covers
 
     @property
     def runnable(self) -> bool:
         return self.outcome.failure is None and bool(
-            self.order or self.needs_import or self.caches
+            self.order or self.needs_import or self.caches or self.removed or self.env
         )
+
+
+@dataclass
+class _Found:
+    """What a set of changed paths affects."""
+
+    changed: set[str] = field(default_factory=set)  # modules whose source changed
+    removed: set[str] = field(default_factory=set)  # modules whose file is gone
+    readers: set[str] = field(default_factory=set)  # modules that read a changed resource
+    caches: dict[object, str] = field(default_factory=dict)  # cache entries that did
+    env: Changes = field(default_factory=dict)
+
+    @property
+    def relevant(self) -> bool:
+        return bool(self.changed or self.removed or self.readers or self.caches or self.env)
 
 
 class _ModuleFailed(Exception):
     def __init__(self, module: str, error: BaseException) -> None:
         super().__init__(module)
         self.error = error
+
+
+class _Unfaithful(Exception):
+    def __init__(self, escalation: Escalation) -> None:
+        super().__init__(escalation.cause)
+        self.escalation = escalation
 
 
 class Reloader:
@@ -101,26 +148,23 @@ class Reloader:
         *,
         ignore: Callable[[Path], bool] | None = None,
         env_file: str | os.PathLike[str] | None = None,
+        escalate: bool = True,
     ) -> None:
         self.target = target
+        self.escalate = escalate
         own = Path(__file__).resolve().parent  # fh_utils itself is never a project module
         self.graph = ModuleGraph(list(roots), [*excludes, own], ignore)
         self.graph.computing = cache_engine.computing_entry
-        self._finder = ProjectFinder(self.graph)
-        self.env_file = Path(env_file).resolve() if env_file is not None else None
-        self._env_owned: set[str] = set()  # variables whose value comes from the env file
-        # Set in the real environment with another value: they win, as with load_dotenv.
-        self._env_kept: set[str] = set()
-        if self.env_file is not None:
-            values = _read_env(self.env_file)
-            self._env_kept = {k for k, v in os.environ.items() if values.get(k) != v}
-        self._retry: set[str] = set()  # the modules of a batch that failed while running
+        self._finder = ProjectFinder(self.graph, self._observed)
+        self.env = EnvFile(env_file) if env_file is not None else None
+        self._pending: set[Path] = set()  # changes not yet applied (a failed batch keeps them)
         self._own_writes: dict[Path, tuple[int, int, int]] = {}  # see _remember_writes
         self._restart_noted: set[Path] = set()
+        self._records: dict[str, effects.Record] = {}  # each module's last committed run
+        self._batch: Batch | None = None  # the batch not yet committed or rolled back
         # Objects of earlier runs, by module and name: all of them follow each new run.
         self._old: dict[str, dict[str, list[weakref.ref[Any]]]] = {}
         self._scratch: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # superreload's
-        self._pending: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # this batch's
         self.app: ASGIApp | None = None
         self.last_patch: Patcher | None = None
 
@@ -130,17 +174,18 @@ class Reloader:
         app_dir = str(self.target.app_dir)
         if app_dir not in sys.path:
             sys.path.insert(0, app_dir)
+        effects.install()
         self._finder.install()
         cache_engine.activate()
-        self.graph.activate()
+        activate(self.graph)
         self.graph.adopt_loaded()
         outcome = Outcome()
-        if self.env_file is not None:
-            self._reload_env()
+        if self.env is not None:
+            self.env.load()
             track_environ(True)
-            if not self.graph.is_project_file(self.env_file):
+            if not self.graph.is_project_file(self.env.path):
                 outcome.notes.append(
-                    f"{display_path(self.env_file)} is outside the watched directories: "
+                    f"{display_path(self.env.path)} is outside the watched directories: "
                     "restart fh_utils dev after editing it"
                 )
         try:
@@ -154,23 +199,78 @@ class Reloader:
 
     def stop(self) -> None:
         self._finder.uninstall()
-        self.graph.deactivate()
+        deactivate(self.graph)
 
-    # -- reloading -----------------------------------------------------------------------
+    def release(self) -> None:
+        """This process stops serving the project (a new worker took over): run every
+        `cleanup` and `on_reload` callback, take back every side effect, forget the modules."""
+        cache_engine.release_all()
+        for record in reversed(list(self._records.values())):
+            record.undo()
+            record.discard()
+        self._records.clear()
+        for name in self.graph.modules():
+            sys.modules.pop(name, None)
+        self.app = None
+
+    def loaded_packages(self) -> list[str]:
+        """Top-level names of the modules loaded that are not the project's (to preload)."""
+        project = set(self.graph.modules())
+        names = set()
+        for name, module in list(sys.modules.items()):
+            top = name.partition(".")[0]
+            file = getattr(module, "__file__", None)
+            if (name in project or top in project or top.startswith("_") or top == "__main__"
+                    or (isinstance(file, str) and self.graph.is_project_file(Path(file)))):
+                continue
+            names.add(name)
+        return sorted(names)
+
+    # -- planning --------------------------------------------------------------------------
     def plan(self, paths: Iterable[Path]) -> Plan | None:
-        """Work out what `paths` affect, and compile them; None when nothing loaded is affected.
+        """Work out what `paths` (and changes not applied yet) affect, and compile them.
 
-        Nothing is executed here: a syntax error gives a plan that is already failed.
+        Nothing is executed here: a syntax error gives a plan that is already failed. None
+        when nothing loaded is affected. Changes of a batch that did not commit are planned
+        again with the next relevant change.
         """
         self._remember_writes()
+        new = {Path(p) for p in paths}
+        if self._pending:
+            probe = Outcome()
+            if not (self._analyze(new, probe, probe=True).relevant or probe.changed):
+                return None  # e.g. a log file the app writes: do not retry a failed batch
+        paths = self._pending | new
         outcome = Outcome()
-        changed: set[str] = set()  # modules whose source changed
-        read: dict[Resource, str] = {}  # files (and variables) that changed -> log name
-        for path in sorted(set(paths)):
-            if self.env_file is not None and path.resolve() == self.env_file:
-                variables = self._env_changes(outcome)
-                read.update(variables)  # and a module that reads the file itself re-runs:
-                read[self.env_file] = next(iter(variables.values()), display_path(path))
+        found = self._analyze(paths, outcome)
+        needs_import = self.target.module not in sys.modules
+        self._pending = set(paths)
+        if not (found.relevant or (needs_import and outcome.changed)):
+            self._pending = set()
+            return Plan([], False, outcome) if outcome.notes else None
+
+        for name in sorted(found.changed):  # a syntax error must change nothing
+            try:
+                self._compile(Path(sys.modules[name].__file__ or ""))
+            except BaseException as exc:
+                outcome.failure = self._describe(exc)
+                return Plan([], False, outcome, paths=paths)
+
+        removed = found.removed
+        affected = self.graph.dependents(found.changed | found.readers | removed) - removed
+        order = [n for n in self.graph.ordered(affected) if n in sys.modules]
+        return Plan(order, needs_import, outcome, list(found.caches.items()), sorted(removed),
+                    found.env, paths)
+
+    def _analyze(self, paths: set[Path], outcome: Outcome, probe: bool = False) -> _Found:
+        """Which loaded modules, readers and caches `paths` affect."""
+        found = _Found()
+        read: dict[Resource, str] = {}  # files, listings and variables that changed -> label
+        for path in sorted(paths):
+            if self.env is not None and path.resolve() == self.env.path:
+                found.env = self._env_changes(outcome, probe)
+                read.update(dict.fromkeys(found.env, self._env_label(found.env)))
+                read[self.env.path] = display_path(path)  # a module that reads the file itself
                 continue
             if not self.graph.is_project_file(path):
                 continue
@@ -178,102 +278,109 @@ class Reloader:
                 resolved = path.resolve()
                 if resolved in self._own_writes and self._own_writes[resolved] == _state(path):
                     continue  # the app's own write, not the user's edit
-                self._note_restart(path, outcome)
+                if not probe:
+                    self._note_restart(path, outcome)
                 read[resolved] = display_path(path)
                 continue
             name = self.graph.module_for(path)
             if not path.exists():
-                if name is not None:
-                    outcome.notes.append(
-                        f"{display_path(path)} was deleted: its last good version keeps "
-                        "serving until the file comes back"
-                    )
+                if name is not None and name in sys.modules:
+                    found.removed |= self._gone(name, path)
+                    outcome.changed.append(f"{display_path(path)} (deleted)")
                 continue
             outcome.changed.append(display_path(path))
             if name is not None and name in sys.modules:
-                changed.add(name)
-
-        readers: set[str] = set()
-        caches: dict[object, str] = {}
+                found.changed.add(name)
+        for directory in self.graph.changed_listings(paths):
+            read[Listing(directory)] = f"{display_path(directory)}{os.sep} (listing changed)"
         for resource, label in read.items():
             modules, entries = self.graph.readers([resource])
             if modules or entries:
                 if label not in outcome.changed:
                     outcome.changed.append(label)
-                readers |= modules
+                found.readers |= modules
                 for entry in entries:
-                    caches.setdefault(entry, label)
-        if self._retry and outcome.changed:  # what failed last time may work now
-            readers |= self._retry
-        readers = {name for name in readers if name in sys.modules}
-        needs_import = self.target.module not in sys.modules
-        if not changed and not readers and not caches and not (needs_import and outcome.changed):
-            return Plan([], False, outcome) if outcome.notes else None
+                    found.caches.setdefault(entry, label)
+        found.readers = {name for name in found.readers if name in sys.modules}
+        return found
 
-        for name in sorted(changed):  # a syntax error must change nothing
-            try:
-                self._compile(Path(sys.modules[name].__file__ or ""))
-            except BaseException as exc:
-                outcome.failure = self._describe(exc)
-                return Plan([], False, outcome)
+    def _gone(self, name: str, path: Path) -> set[str]:
+        """The modules a deleted file takes with it (a package takes its submodules)."""
+        if path.name != "__init__.py":
+            return {name}
+        return {name} | {m for m in self.graph.modules() if m.startswith(name + ".")}
 
-        order = [
-            n for n in self.graph.ordered(self.graph.dependents(changed | readers))
-            if n in sys.modules
-        ]
-        return Plan(order, needs_import, outcome, list(caches.items()))
-
-    def run(self, plan: Plan) -> Outcome:
-        """Execute a plan: the whole batch succeeds, or nothing of it stays."""
+    # -- running ---------------------------------------------------------------------------
+    def run(self, plan: Plan) -> Batch:
+        """Re-execute the plan's modules in place; commit or roll back the batch it returns."""
+        batch = Batch(self, plan, "in place")
         if not plan.runnable:
-            return plan.outcome
-        for entry, what in plan.caches:  # before the modules that may call them re-run
-            cache_engine.invalidate(entry, what)
-        if plan.order or plan.needs_import:
-            self._run(plan.order, plan.outcome, plan.needs_import)
-        else:
-            plan.outcome.app = self.app
-        return plan.outcome
-
-    def _run(self, order: list[str], outcome: Outcome, needs_import: bool) -> None:
-        graph = self.graph
-        saved = ({n: set(d) for n, d in graph.imports.items()}, dict(graph.code))
-        reads = {n: set(r) for n, r in list(graph.reads.items())}
-        before = {name: _code_by_qualname(graph.code.get(name)) for name in order}
-        done: list[tuple[types.ModuleType, dict[str, Any]]] = []
-        self._pending.clear()
+            return batch
+        self._batch = batch
+        keeper = batch.keeper
         try:
-            for name in order:
-                module = sys.modules[name]
-                cache_engine.before_rerun(name)
-                snapshot = dict(module.__dict__)
-                superreload(module, self._reexec(snapshot), self._scratch)
-                done.append((module, snapshot))
-                _reattach_submodules(module)
-                outcome.reran.append(name)
-            if needs_import:
-                importlib.import_module(self.target.module)
-            fresh = needs_import or self.target.module in outcome.reran or self.app is None
-            app = self._resolve_app(fresh=fresh)
+            batch.apply_env()
+            for entry, what in plan.caches:  # before the modules that may call them re-run
+                cache_engine.invalidate(entry, what)
+            for name in plan.removed:
+                batch.remove_module(name)
+            if plan.removed:
+                importlib.invalidate_caches()
+            with keeper.active():
+                for name in plan.order:
+                    module = sys.modules[name]
+                    batch.prepare_rerun(name)
+                    snapshot = dict(module.__dict__)
+                    keeper.expect(name, snapshot)
+                    superreload(module, self._reexec(snapshot, batch), self._scratch)
+                    batch.done.append((module, snapshot))
+                    _reattach_submodules(module)
+                    batch.outcome.reran.append(name)
+                if plan.needs_import:
+                    importlib.import_module(self.target.module)
+            fresh = plan.needs_import or self.target.module in batch.outcome.reran
+            batch.app = self._resolve_app(fresh=fresh or self.app is None)
+            batch.escalation = _unexpressible(batch.done)
+        except _Unfaithful as exc:
+            batch.rollback()
+            batch.escalation = exc.escalation
         except BaseException as exc:
             error = exc.error if isinstance(exc, _ModuleFailed) else exc
-            for module, snapshot in reversed(done):
-                module.__dict__.clear()
-                module.__dict__.update(snapshot)
-            graph.imports, graph.code = saved
-            for name, read in reads.items():  # keep what the failed run read, too
-                graph.reads.setdefault(name, set()).update(read)
-            self._retry = set(order) | ({self.target.module} if needs_import else set())
-            outcome.failure = self._describe(error)
-            return
-        finally:
-            cache_engine.batch_done()
-            self._remember_writes()
-        self._retry = set()
-        self._patch([m for m, _ in done], before)
-        outcome.app = self.app = app
+            batch.rollback()
+            batch.outcome.failure = self._describe(error)
+        return batch
 
-    def _reexec(self, snapshot: dict[str, Any]) -> Callable[[types.ModuleType], Any]:
+    def reimport(self, plan: Plan, cause: str) -> Batch:
+        """Import the whole project afresh: every project module leaves `sys.modules`, then the
+        app module is imported. Installed packages and `no_reload_cache` values stay."""
+        batch = Batch(self, plan, "re-import")
+        batch.outcome.cause = cause
+        self._batch = batch
+        try:
+            batch.apply_env()
+            project = [n for n in self.graph.modules() if n in sys.modules]
+            for name in reversed(project):
+                batch.prepare_rerun(name)
+            for name in project:
+                module = sys.modules[name]
+                batch.keeper.expect(name, dict(module.__dict__))
+                batch.remove_module(name)
+            importlib.invalidate_caches()
+            with batch.keeper.active():
+                importlib.import_module(self.target.module)
+            batch.app = self._resolve_app(fresh=True)
+            batch.outcome.reran = [n for n in self.graph.modules() if n in sys.modules]
+        except _Unfaithful as exc:
+            batch.rollback()
+            batch.escalation = exc.escalation
+        except BaseException as exc:
+            error = exc.error if isinstance(exc, _ModuleFailed) else exc
+            batch.rollback()
+            batch.outcome.failure = self._describe(error)
+        return batch
+
+    def _reexec(self, snapshot: dict[str, Any], batch: Batch
+                ) -> Callable[[types.ModuleType], Any]:
         """The `reload` that superreload calls: run the module, or put it back as it was."""
 
         def reexec(module: types.ModuleType) -> types.ModuleType:
@@ -286,69 +393,45 @@ class Reloader:
             finally:
                 # superreload has just collected the module's old objects and would patch
                 # them now, module by module; we take them and patch once the whole batch
-                # has succeeded (see _patch), so its own update step finds nothing to do.
+                # is committed (Batch.commit), so its own update step finds nothing to do.
                 for key, refs in self._scratch.items():
-                    self._pending.setdefault(key, []).extend(refs)
+                    batch.old_objects.setdefault(key, []).extend(refs)
                 self._scratch.clear()
 
         return reexec
 
-    def _patch(
-        self, modules: list[types.ModuleType], before: dict[str, dict[str, types.CodeType]]
-    ) -> None:
-        after = {m.__name__: _code_by_qualname(self.graph.code.get(m.__name__)) for m in modules}
-
-        def class_changed(old: type) -> bool | None:
-            a = before.get(old.__module__, {}).get(old.__qualname__)
-            b = after.get(old.__module__, {}).get(old.__qualname__)
-            return None if a is None or b is None else not same_code(a, b)
-
-        patcher = Patcher(class_changed)
-        for (module_name, name), refs in self._pending.items():
-            self._old.setdefault(module_name, {}).setdefault(name, []).extend(refs)
-        self._pending.clear()
-        for module in modules:
-            olds = self._old.get(module.__name__, {})
-            for name in list(olds):
-                new = module.__dict__.get(name)
-                alive = _alive(olds[name])
-                if new is None or not alive:
-                    del olds[name]
-                    continue
-                olds[name] = [weakref.ref(o) for o in alive]
-                for old in alive:
-                    if old is not new:
-                        patcher.update(old, new)
-        patcher.finish()
-        self.last_patch = patcher
+    def _observed(self, name: str, record: effects.Record, ok: bool) -> None:
+        """A project module ran (first import, re-run, lazy import): keep its side effects."""
+        if not ok:  # what a failed run did is taken back at once
+            record.undo()
+            record.discard()
+            return
+        cache_engine.executed(name)
+        batch = self._batch
+        if batch is not None:
+            earlier = batch.records.pop(name, None)
+            if earlier is not None:
+                earlier.undo()
+                earlier.discard()
+            batch.records[name] = record
+        else:
+            previous = self._records.pop(name, None)
+            if previous is not None:
+                previous.discard()
+            self._records[name] = record
 
     # -- what is not Python source ----------------------------------------------------------
-    def _reload_env(self) -> set[str]:
-        """Read the env file into `os.environ`; the names of the variables that changed."""
-        assert self.env_file is not None
-        values = {
-            k: v for k, v in _read_env(self.env_file).items()
-            if v is not None and k not in self._env_kept
-        }
-        changed = {
-            k for k in self._env_owned - values.keys() if os.environ.pop(k, None) is not None
-        }
-        for key, value in values.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
-                changed.add(key)
-        self._env_owned = set(values)
-        return changed
-
-    def _env_changes(self, outcome: Outcome) -> dict[Resource, str]:
-        assert self.env_file is not None
-        label = display_path(self.env_file)
-        if not self.env_file.exists():
-            outcome.notes.append(f"{label} was deleted: its variables keep their values")
+    def _env_changes(self, outcome: Outcome, probe: bool = False) -> Changes:
+        assert self.env is not None
+        label = display_path(self.env.path)
+        if not self.env.path.exists():
+            if not probe:
+                outcome.notes.append(f"{label} was deleted: its variables keep their values")
             return {}
-        names = sorted(self._reload_env())
-        if not names:
-            return {}
+        changes = self.env.changes()
+        if not changes or probe:
+            return changes
+        names = sorted(changes)
         modules, entries = self.graph.readers(names)
         if not modules and not entries:
             outcome.notes.append(
@@ -357,15 +440,16 @@ class Reloader:
                 "that reads it from now on sees the new value; a library that read it at "
                 "import keeps the old one until fh_utils dev restarts)"
             )
-            return {}
-        label = f"{label} ({', '.join(names)})"
-        return dict.fromkeys(names, label)
+        return changes
+
+    def _env_label(self, changes: Changes) -> str:
+        assert self.env is not None
+        return f"{display_path(self.env.path)} ({', '.join(sorted(changes))})"
 
     def _remember_writes(self) -> None:
         """What the app itself wrote, as it is now: a change event that finds a file in this
         state is the app's write, not the user's edit."""
-        written, self.graph.written = self.graph.written, set()
-        for path in written:
+        for path in self.graph.take_written():
             self._own_writes[path] = _state(path)
 
     def _note_restart(self, path: Path, outcome: Outcome) -> None:
@@ -422,8 +506,191 @@ class Reloader:
         return describe(exc, self.graph.is_project_file)
 
 
+class Batch:
+    """One reload, not final until `commit()` (or undone by `rollback()`)."""
+
+    def __init__(self, reloader: Reloader, plan: Plan, tier: Tier) -> None:
+        self._reloader = reloader
+        self.plan = plan
+        self.outcome = plan.outcome
+        self.outcome.tier = tier
+        self.app: ASGIApp | None = None
+        self.escalation: Escalation | None = None
+        self.keeper = ClassKeeper(cache_engine.is_pinned)
+        self.done: list[tuple[types.ModuleType, dict[str, Any]]] = []  # re-run, old namespace
+        self.records: dict[str, effects.Record] = {}  # runs of this batch
+        self.old_objects: dict[tuple[str, str], list[weakref.ref[Any]]] = {}
+        self._undone: list[effects.Record] = []  # runs this batch replaces, undone
+        self._removed: list[tuple[str, types.ModuleType]] = []
+        self._detached: list[tuple[types.ModuleType, str, Any]] = []  # package attributes
+        self._project_before = set(sys.modules)
+        self._graph: GraphState = reloader.graph.snapshot()
+        self._env_undo: Changes | None = None
+        self._closed = False
+
+    @property
+    def ok(self) -> bool:
+        return self.app is not None and self.outcome.failure is None and self.escalation is None
+
+    # -- steps of a run --------------------------------------------------------------------
+    def apply_env(self) -> None:
+        env = self._reloader.env
+        if env is not None and self.plan.env:
+            self._env_undo = env.apply(self.plan.env)
+
+    def prepare_rerun(self, name: str) -> None:
+        """`name` is about to run again: its `on_reload` callbacks, then its side effects taken
+        back. A thread it started that is still alive makes an in-place run unfaithful."""
+        callbacks = cache_engine.before_rerun(name)
+        record = self._reloader._records.get(name)
+        if record is None or record in self._undone:
+            return
+        alive = record.alive_threads()
+        if alive and callbacks:
+            alive = record.join_threads(THREAD_STOP_TIMEOUT)
+        if alive:
+            names = ", ".join(repr(t.name) for t in alive)
+            cause = (f"thread {names} started by {display_path(_file_of(name))} "
+                     "is still running")
+            if self._reloader.escalate:
+                raise _Unfaithful(Escalation("restart", cause))
+            self.outcome.notes.append(f"{cause}: its next run starts another one (escalation "
+                                      "is off; stop it with on_reload)")
+        record.undo()
+        self._undone.append(record)
+
+    def remove_module(self, name: str) -> None:
+        """`name` leaves `sys.modules` (its file is gone, or the project is re-imported)."""
+        module = sys.modules.pop(name, None)
+        if module is None:
+            return
+        self._removed.append((name, module))
+        parent_name, _, child = name.rpartition(".")
+        parent = sys.modules.get(parent_name) if parent_name else None
+        if parent is not None and getattr(parent, child, None) is module:
+            self._detached.append((parent, child, module))
+            delattr(parent, child)
+        record = self._reloader._records.get(name)
+        if record is not None and record not in self._undone:
+            record.undo()
+            self._undone.append(record)
+        self._reloader.graph.forget(name)
+
+    # -- the end of a batch ------------------------------------------------------------------
+    def rollback(self) -> None:
+        """Put back everything the batch changed; the last good version keeps serving."""
+        if self._closed:
+            return
+        self._closed = True
+        reloader = self._reloader
+        for module, snapshot in reversed(self.done):
+            module.__dict__.clear()
+            module.__dict__.update(snapshot)
+        self.keeper.rollback()
+        for name in [n for n in sys.modules if n not in self._project_before]:
+            if reloader.graph.is_project_module(name) or name in self.records:
+                sys.modules.pop(name, None)
+        for name, module in self._removed:
+            sys.modules[name] = module
+        for parent, child, module in self._detached:
+            setattr(parent, child, module)
+        for record in reversed(list(self.records.values())):
+            record.undo()
+            record.discard()
+        for record in self._undone:
+            record.redo()
+        reloader.graph.restore(self._graph)
+        if self._env_undo is not None and reloader.env is not None:
+            reloader.env.apply(self._env_undo)
+        self.app = None
+        self._end()
+
+    def commit(self) -> None:
+        """The new code is serving: make the batch final."""
+        if self._closed:
+            return
+        self._closed = True
+        reloader = self._reloader
+        if self.outcome.tier == "in place":
+            self._patch([m for m, _ in self.done])
+        else:
+            self._patch([])
+        for record in self._undone:
+            record.discard()
+        for name, record in self.records.items():
+            previous = reloader._records.get(name)
+            if previous is not None and previous is not record and previous not in self._undone:
+                previous.discard()
+            reloader._records[name] = record
+        gone = [name for name, _ in self._removed if name not in sys.modules]
+        for name in gone:
+            reloader._records.pop(name, None)
+        if gone:
+            cache_engine.release_stale(gone, gone=True)
+        self.outcome.released = cache_engine.release_stale(self.outcome.reran)
+        reloader._pending -= self.plan.paths
+        if self.app is not None:
+            reloader.app = self.app
+        self._end()
+
+    def _end(self) -> None:
+        cache_engine.batch_done()
+        reloader = self._reloader
+        if reloader._batch is self:
+            reloader._batch = None
+        reloader._remember_writes()
+
+    def _patch(self, modules: list[types.ModuleType]) -> None:
+        """Move objects of earlier runs onto the new code: functions and classes still
+        referenced elsewhere, members of kept classes, instances of classes not kept."""
+        reloader = self._reloader
+        patcher = Patcher()
+        for old, new in self.keeper.members:
+            patcher.update(old, new)
+        olds_by_module = reloader._old
+        for (module_name, name), refs in self.old_objects.items():
+            olds_by_module.setdefault(module_name, {}).setdefault(name, []).extend(refs)
+        for module in modules:
+            olds = olds_by_module.get(module.__name__, {})
+            for name in list(olds):
+                new = module.__dict__.get(name)
+                alive = _alive(olds[name])
+                if new is None or not alive:
+                    del olds[name]
+                    continue
+                olds[name] = [weakref.ref(o) for o in alive]
+                for old in alive:
+                    if old is not new:
+                        patcher.update(old, new)
+        patcher.finish()
+        reloader.last_patch = patcher
+
+
 class AppNotFound(Exception):
     """The app module ran but does not give a usable app."""
+
+
+def _unexpressible(done: list[tuple[types.ModuleType, dict[str, Any]]]) -> Escalation | None:
+    """A class change that no in-place update can carry to existing objects."""
+    for module, previous in done:
+        for name, old in previous.items():
+            new = module.__dict__.get(name)
+            if (not isinstance(old, type) or not isinstance(new, type) or old is new
+                    or getattr(old, "__module__", None) != module.__name__):
+                continue
+            what = f"{module.__name__}.{old.__qualname__}"
+            if type(old) is not type(new):
+                return Escalation("re-import", f"the metaclass of {what} changed")
+            if isinstance(old, enum.EnumMeta):
+                return Escalation("re-import", f"the members of enum {what} changed")
+            if vars(old).get("__slots__") != vars(new).get("__slots__"):
+                return Escalation("re-import", f"the __slots__ of {what} changed")
+    return None
+
+
+def _file_of(name: str) -> str:
+    module = sys.modules.get(name)
+    return getattr(module, "__file__", None) or name
 
 
 def _state(path: Path) -> tuple[int, int, int]:
@@ -432,12 +699,6 @@ def _state(path: Path) -> tuple[int, int, int]:
     except OSError:
         return (0, 0, 0)
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _read_env(path: Path) -> dict[str, str | None]:
-    from dotenv import dotenv_values  # installed with uvicorn[standard]
-
-    return dict(dotenv_values(path)) if path.is_file() else {}
 
 
 def _reattach_submodules(module: types.ModuleType) -> None:
@@ -459,15 +720,3 @@ def _alive(refs: list[weakref.ref[Any]]) -> list[Any]:
             seen.add(id(obj))
             out.append(obj)
     return out
-
-
-def _code_by_qualname(code: types.CodeType | None) -> dict[str, types.CodeType]:
-    """Every function and class body compiled into a module's code, by qualified name."""
-    found: dict[str, types.CodeType] = {}
-    todo = [code] if code is not None else []
-    while todo:
-        for const in todo.pop().co_consts:
-            if isinstance(const, types.CodeType):
-                found.setdefault(const.co_qualname, const)
-                todo.append(const)
-    return found

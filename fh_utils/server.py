@@ -1,10 +1,19 @@
 """The stable ASGI app uvicorn serves for a whole session, and the app generations behind it.
 
 uvicorn binds the socket once and serves `Switch`. Each request is forwarded to the current
-generation (an app object plus its lifespan state). A reload builds the next generation and
-swaps a reference: nothing rebinds, no connection is refused, and a request finishes on the
-generation it started on. While a reload runs, new connections wait at the switch, and
-running HTTP requests are let finish first, so no request ever sees a half-executed module.
+generation (an app object, its lifespan state, the connections it serves). A reload builds the
+next generation and swaps a reference: nothing rebinds, no connection is refused, and a request
+finishes on the generation it started on.
+
+While a reload runs, new connections wait at the switch, running HTTP requests are let finish
+first, and so is sync code running in the thread pool (Starlette's `run_in_threadpool`: sync
+handlers, sync streaming iterators, sync background tasks): code run that way never sees a
+module half-executed. Code in threads of the app's own does not wait (see docs/caveats.md).
+
+A new generation starts its lifespan first (`start`), and only becomes current once the reload
+is committed (`commit`). The generation it replaces is retired: its WebSockets are closed with
+1012 (service restart) and its streaming responses ended, so clients reconnect to the new code;
+once its other requests are done, its lifespan shuts down. Every wait on the app is bounded.
 """
 
 from __future__ import annotations
@@ -13,26 +22,95 @@ import asyncio
 import contextlib
 import html
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from fh_utils import effects
 from fh_utils._asgi import ASGIApp, Message, Receive, Scope, Send
 from fh_utils.errors import Failure
 
-__all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch"]
+__all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch", "Timeouts"]
 
 logger = logging.getLogger("fh_utils")
 
-DRAIN_TIMEOUT = 3.0  # longest a reload waits for running requests
-RETIRE_TIMEOUT = 10.0  # longest an old app waits for its connections before its shutdown
+CLOSE_CODE = 1012  # WebSocket "service restart": browsers and htmx reconnect
 
 
 class LifespanFailed(Exception):
-    """An app's lifespan startup failed; the message is the app's own."""
+    """An app's lifespan startup failed, timed out or was cancelled; the message says which."""
 
 
 class StartupAbort(Exception):
     """The session cannot start (the user named an app that is not there): exit, no traceback."""
+
+
+class ConnectionRetired(OSError):
+    """Raised into an app that sends on a connection the reload closed (like a disconnect)."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long the switch waits on the app, in seconds."""
+
+    lifespan: float = 30.0  # one lifespan startup or shutdown
+    drain: float = 3.0  # running requests, before a reload runs anyway
+    retire: float = 10.0  # a retired app's remaining requests, before its shutdown
+
+
+class _Connection:
+    """One request or WebSocket: wraps `send` so the switch can end it."""
+
+    def __init__(self, kind: str, send: Send) -> None:
+        self.kind = kind
+        self._send = send
+        self._lock = asyncio.Lock()
+        self.started = False  # response started / socket accepted
+        self.streaming = False  # an HTTP response without a length
+        self.finished = False
+        self.closed = False  # ended by the switch
+
+    @property
+    def long_lived(self) -> bool:
+        return not self.finished and (self.kind == "websocket" or self.streaming)
+
+    async def send(self, message: Message) -> None:
+        if self.closed:
+            raise ConnectionRetired("the connection was closed by a reload")
+        kind = message["type"]
+        async with self._lock:
+            await self._send(message)
+        if kind == "http.response.start":
+            self.started = True
+            self.streaming = not any(
+                k.lower() == b"content-length" for k, _ in message.get("headers", ())
+            )
+        elif kind == "websocket.accept":
+            self.started = True
+        elif (kind == "http.response.body" and not message.get("more_body", False)) or (
+            kind == "websocket.close"
+        ):
+            self.finished = True
+
+    async def close(self, timeout: float = 1.0) -> bool:
+        """End it on the wire (WebSocket close 1012, or the stream's last chunk)."""
+        if self.closed or self.finished or not self.started:
+            return False
+        self.closed = True
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._lock:
+                    if self.kind == "websocket":
+                        await self._send({"type": "websocket.close", "code": CLOSE_CODE,
+                                          "reason": "fh_utils reload"})
+                    else:
+                        await self._send({"type": "http.response.body", "body": b"",
+                                          "more_body": False})
+        except Exception:  # the client went away meanwhile: nothing to end
+            pass
+        self.finished = True
+        return True
 
 
 class Generation:
@@ -42,25 +120,48 @@ class Generation:
         self.app = app
         self.lifespan_mode = lifespan
         self.state: dict[str, Any] = {}
-        self.connections = 0
+        self.connections: set[_Connection] = set()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.effects = effects.Record("lifespan")  # tasks its lifespan started, and more
         self._lifespan: _Lifespan | None = None
 
-    async def startup(self) -> None:
+    async def startup(self, timeout: float, cancel: asyncio.Event | None = None) -> None:
         if self.lifespan_mode == "off":
             return
-        lifespan = _Lifespan(self.app, self.state)
-        await lifespan.startup()
-        if not lifespan.supported and self.lifespan_mode == "on":
-            raise LifespanFailed(f"the app does not support the lifespan protocol "
-                                 f"({lifespan.error!r}); use --lifespan auto or off")
+        lifespan = _Lifespan(self.app, self.state, self.effects)
         self._lifespan = lifespan
+        await lifespan.startup(timeout, cancel)
+        if not lifespan.supported:
+            self._lifespan = None
+            if self.lifespan_mode == "on":
+                raise LifespanFailed(f"the app does not support the lifespan protocol "
+                                     f"({lifespan.error!r}); use --lifespan auto or off")
+            if lifespan.error is not None and not _unsupported(lifespan.error):
+                logger.error("Exception in 'lifespan' protocol: %r (the app keeps serving "
+                             "without a lifespan)", lifespan.error, exc_info=lifespan.error)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float) -> None:
         if self._lifespan is not None:
             lifespan, self._lifespan = self._lifespan, None
-            await lifespan.shutdown()
+            await lifespan.shutdown(timeout)
+        cancelled = self.effects.cancel_tasks()
+        if cancelled:
+            logger.debug("Cancelled %d task(s) left by the lifespan of the previous app",
+                         cancelled)
+        self.effects.undo()
+        self.effects.discard()
+
+    async def close_connections(self) -> tuple[int, int]:
+        """End its WebSockets and streams; returns (WebSockets, streams) closed."""
+        sockets = streams = 0
+        for connection in list(self.connections):
+            if connection.long_lived and await connection.close():
+                if connection.kind == "websocket":
+                    sockets += 1
+                else:
+                    streams += 1
+        return sockets, streams
 
 
 class Switch:
@@ -72,10 +173,14 @@ class Switch:
         on_startup: Callable[[], Awaitable[None]],
         on_shutdown: Callable[[], Awaitable[None]],
         lifespan: str = "auto",
+        timeouts: Timeouts | None = None,
+        keep_connections: bool = False,
     ) -> None:
         self._on_startup = on_startup
         self._lifespan_mode = lifespan
         self._on_shutdown = on_shutdown
+        self.timeouts = timeouts or Timeouts()
+        self.keep_connections = keep_connections
         self.current: Generation | None = None
         self.failure: Failure | None = None
         self._open = asyncio.Event()
@@ -83,7 +188,8 @@ class Switch:
         self._busy = 0  # running HTTP requests that a reload waits for
         self._drained = asyncio.Event()
         self._drained.set()
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[Generation, asyncio.Task[None]] = {}
+        self._closing = False
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,24 +200,28 @@ class Switch:
         if not self._open.is_set():
             await self._open.wait()
         generation = self.current
-        if generation is None:
+        if generation is None or self._closing:
             await self._error_response(scope, send)
             return
         if generation.state:
             scope["state"] = dict(generation.state)
-        generation.connections += 1
+        connection = _Connection(kind, send)
+        generation.connections.add(connection)
         generation.idle.clear()
         try:
             if kind == "http":
-                await self._http(generation.app, scope, receive, send)
+                await self._http(generation.app, scope, receive, connection)
             else:
-                await generation.app(scope, receive, send)
+                await generation.app(scope, receive, connection.send)
+        except ConnectionRetired:
+            pass  # the app sent on a connection a reload ended
         finally:
-            generation.connections -= 1
-            if generation.connections == 0:
+            generation.connections.discard(connection)
+            if not generation.connections:
                 generation.idle.set()
 
-    async def _http(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, app: ASGIApp, scope: Scope, receive: Receive,
+                    connection: _Connection) -> None:
         counted = True
         self._busy += 1
         self._drained.clear()
@@ -124,17 +234,15 @@ class Switch:
                 if self._busy == 0:
                     self._drained.set()
 
-        async def watch_send(message: Message) -> None:
+        async def send(message: Message) -> None:
+            await connection.send(message)
             # A response without a length is a stream (SSE, a long download): a reload
             # does not wait for it.
-            if message["type"] == "http.response.start" and not any(
-                k.lower() == b"content-length" for k, _ in message.get("headers", ())
-            ):
+            if connection.streaming or connection.finished:
                 done()
-            await send(message)
 
         try:
-            await app(scope, receive, watch_send)
+            await app(scope, receive, send)
         finally:
             done()
 
@@ -153,62 +261,103 @@ class Switch:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self._on_shutdown()
+                try:
+                    await self._on_shutdown()
+                except Exception as exc:
+                    logger.exception("fh_utils could not shut down cleanly")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     # -- reloads -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
-        """Hold new connections and wait for running HTTP requests (up to DRAIN_TIMEOUT)."""
+        """Hold new connections; wait (up to the drain timeout) for running HTTP requests and
+        for sync code running in the thread pool."""
         self._open.clear()
         try:
+            deadline = time.monotonic() + self.timeouts.drain
             if self._busy:
                 try:
-                    await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT)
+                    async with asyncio.timeout(self.timeouts.drain):
+                        await self._drained.wait()
                 except TimeoutError:
                     logger.warning(
                         "Reloading while %d request(s) are still running", self._busy
                     )
+            await _threads_idle(deadline)
             yield
         finally:
             self._open.set()
 
-    async def swap(self, app: ASGIApp) -> None:
-        """Start `app`'s lifespan and make it current; the old app shuts down once idle.
+    async def start(self, app: ASGIApp, cancel: asyncio.Event | None = None) -> Generation:
+        """Start `app`'s lifespan; the generation serves once `commit`ted.
 
-        Raises LifespanFailed, leaving the current generation serving, when startup fails.
+        Raises LifespanFailed when the startup fails, times out, or `cancel` is set first.
         """
         if self.current is not None and self.current.app is app:
-            return
+            return self.current
         generation = Generation(app, self._lifespan_mode)
-        await generation.startup()
-        old, self.current, self.failure = self.current, generation, None
-        if old is not None:
-            task = asyncio.get_running_loop().create_task(self._retire(old))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+        try:
+            await generation.startup(self.timeouts.lifespan, cancel)
+        except BaseException:
+            await generation.shutdown(self.timeouts.lifespan)
+            raise
+        return generation
+
+    async def commit(self, generation: Generation) -> tuple[int, int]:
+        """Make `generation` current and retire the one before; returns the retired app's
+        (WebSockets, streams) closed."""
+        old = self.current
+        if old is generation:
+            return 0, 0
+        self.current, self.failure = generation, None
+        if old is None:
+            return 0, 0
+        closed = (0, 0) if self.keep_connections else await old.close_connections()
+        self._retiring[old] = asyncio.get_running_loop().create_task(self._retire(old))
+        return closed
+
+    async def discard(self, generation: Generation) -> None:
+        """A started generation that will not serve (the reload was rolled back)."""
+        if generation is not self.current:
+            await generation.shutdown(self.timeouts.lifespan)
 
     def fail(self, failure: Failure) -> None:
         """Record why no app is serving; requests get an error page until a swap."""
         self.failure = failure
 
     async def close(self) -> None:
-        """Shut down the current app and any still retiring."""
+        """Server shutdown: end every connection, shut down the current app and any retiring."""
+        self._closing = True
+        self._open.set()
+        generations = [g for g in (self.current, *self._retiring) if g is not None]
+        for generation in generations:
+            await generation.close_connections()
+        for task in self._retiring.values():
+            task.cancel()
         if self.current is not None:
-            await self.current.shutdown()
-        if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await self.current.shutdown(self.timeouts.lifespan)
+        for generation in list(self._retiring):
+            with contextlib.suppress(Exception):
+                await generation.shutdown(self.timeouts.lifespan)
+        self._retiring.clear()
 
     async def _retire(self, generation: Generation) -> None:
         try:
-            await asyncio.wait_for(generation.idle.wait(), RETIRE_TIMEOUT)
+            async with asyncio.timeout(self.timeouts.retire):
+                await generation.idle.wait()
         except TimeoutError:
-            pass
+            logger.warning("The previous app still has %d request(s) running after %.0f s: "
+                           "shutting it down", len(generation.connections),
+                           self.timeouts.retire)
         try:
-            await generation.shutdown()
+            await generation.shutdown(self.timeouts.lifespan)
         except Exception:
             logger.exception("Lifespan shutdown of the previous app failed")
+        finally:
+            self._retiring.pop(generation, None)
 
     async def _error_response(self, scope: Scope, send: Send) -> None:
         failure = self.failure
@@ -216,13 +365,16 @@ class Switch:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1011})
             return
-        title = "The app failed to load" if failure else "The app is not loaded yet"
-        detail = (
-            f"<p><code>{html.escape(failure.summary)}</code></p>"
-            f"<pre>{html.escape(failure.traceback)}</pre>"
-            if failure
-            else ""
-        )
+        if self._closing:
+            title, detail = "The server is shutting down", ""
+        else:
+            title = "The app failed to load" if failure else "The app is not loaded yet"
+            detail = (
+                f"<p><code>{html.escape(failure.summary)}</code></p>"
+                f"<pre>{html.escape(failure.traceback)}</pre>"
+                if failure
+                else ""
+            )
         body = (
             "<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{title}</title></head><body><h1>{title}</h1>{detail}"
@@ -231,7 +383,7 @@ class Switch:
         await send(
             {
                 "type": "http.response.start",
-                "status": 500,
+                "status": 503 if self._closing else 500,
                 "headers": [
                     (b"content-type", b"text/html; charset=utf-8"),
                     (b"content-length", str(len(body)).encode()),
@@ -241,42 +393,97 @@ class Switch:
         await send({"type": "http.response.body", "body": body})
 
 
+async def _threads_idle(deadline: float) -> None:
+    """Wait until no sync code runs in anyio's default thread pool (Starlette's), or until
+    `deadline`. The reload then runs without yielding: nothing new can start meanwhile."""
+    try:
+        import anyio.to_thread
+
+        limiter = anyio.to_thread.current_default_thread_limiter()
+    except Exception:  # anyio missing, or not in an anyio-compatible loop
+        return
+    while limiter.borrowed_tokens and time.monotonic() < deadline:
+        await asyncio.sleep(0.001)
+    if limiter.borrowed_tokens:
+        logger.warning("Reloading while %d sync call(s) still run in the thread pool",
+                       limiter.borrowed_tokens)
+
+
+def _unsupported(error: BaseException) -> bool:
+    """The usual ways an app without lifespan support says so (uvicorn logs nothing then)."""
+    return isinstance(error, (AssertionError, KeyError, TypeError, NotImplementedError,
+                              ValueError)) or "lifespan" in str(error).lower()
+
+
 class _Lifespan:
     """Runs the ASGI lifespan protocol against one app, as uvicorn's `--lifespan auto`."""
 
-    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+    def __init__(self, app: ASGIApp, state: dict[str, Any], record: effects.Record) -> None:
         self._app = app
         self._state = state
+        self._record = record
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.supported = True
 
-    async def startup(self) -> None:
+    async def startup(self, timeout: float, cancel: asyncio.Event | None) -> None:
         scope = {
             "type": "lifespan",
             "asgi": {"version": "3.0", "spec_version": "2.0"},
             "state": self._state,
         }
-        self._task = asyncio.get_running_loop().create_task(self._run(scope))
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(scope), context=effects.context_for(self._record)
+        )
         await self._to_app.put({"type": "lifespan.startup"})
-        message = await self._from_app.get()
+        message = await self._answer("startup", timeout, cancel)
         if message is None:  # returned or raised before answering: no lifespan support
             self.supported = False
             return
         if message["type"] == "lifespan.startup.failed":
-            await self._finish()
+            await self._finish(timeout)
             raise LifespanFailed(message.get("message") or "lifespan startup failed")
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float) -> None:
         if not self.supported or self._task is None or self._task.done():
             return
         await self._to_app.put({"type": "lifespan.shutdown"})
-        message = await self._from_app.get()
-        await self._finish()
+        try:
+            message = await self._answer("shutdown", timeout, None)
+        except LifespanFailed as exc:
+            logger.error("%s", exc)
+            return
+        await self._finish(timeout)
         if message is not None and message["type"] == "lifespan.shutdown.failed":
             logger.error("Lifespan shutdown failed: %s", message.get("message", ""))
+        elif message is None and self.error is not None:
+            logger.error("Lifespan shutdown failed: %r", self.error, exc_info=self.error)
+
+    async def _answer(self, step: str, timeout: float, cancel: asyncio.Event | None
+                      ) -> Message | None:
+        """The app's answer to `step`, or LifespanFailed (the task cancelled) if none comes."""
+        get = asyncio.ensure_future(self._from_app.get())
+        waiters: set[asyncio.Future[Any]] = {get}
+        if cancel is not None:
+            waiters.add(asyncio.ensure_future(cancel.wait()))
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+        if get in done:
+            return get.result()
+        why = ("a newer save arrived" if done else
+               f"it did not finish within {timeout:g} s (--timeout-lifespan)")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, 1.0)
+        raise LifespanFailed(f"lifespan {step} cancelled: {why}")
 
     async def _run(self, scope: Scope) -> None:
         try:
@@ -289,7 +496,7 @@ class _Lifespan:
     async def _send(self, message: Message) -> None:
         await self._from_app.put(message)
 
-    async def _finish(self) -> None:
+    async def _finish(self, timeout: float) -> None:
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._task), 5)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from fh_utils.tracking import ModuleGraph
+from fh_utils import tracking
+from fh_utils.graph import ModuleGraph
 from tests.conftest import write
 
 PLAIN_APP = """
@@ -267,7 +268,7 @@ def test_file_outside_the_watched_directories_is_not_tracked(tmp_path, tmp_path_
     inside = tmp_path / "data.txt"
     inside.write_text("x")
     graph = ModuleGraph([tmp_path])
-    graph.activate()
+    tracking.activate(graph)
     try:
         graph.begin("mod", tmp_path / "mod.py")
         outside.read_text()
@@ -279,7 +280,7 @@ def test_file_outside_the_watched_directories_is_not_tracked(tmp_path, tmp_path_
         (tmp_path / "later.txt").write_text("")
         (tmp_path / "later.txt").read_text()  # nothing executing: not recorded
     finally:
-        graph.deactivate()
+        tracking.deactivate(graph)
     assert graph.reads["mod"] == {inside.resolve()}
 
 

@@ -1,0 +1,191 @@
+"""Keep class objects across re-runs: a re-run class statement updates the old class.
+
+When a module runs again, each `class` statement would make a new class object, and instances
+made before the edit would keep the old one: `isinstance(old, Thing)` is False against the
+new class, and a method using `super()` (whose hidden `__class__` cell now names the new
+class) raises `TypeError` on them. Moving instances to the new class needs a walk over the
+whole heap.
+
+`ClassKeeper` avoids both for ordinary classes: while a batch re-runs modules, the class
+statement builds the new class as usual, then copies its namespace and bases into the class
+object of the previous run, points the new methods' `__class__` cells at it, and returns
+that object. Instances, subclasses and references everywhere keep one class, with the new
+code. Everything is recorded so that a batch that fails puts the old classes back exactly.
+
+Classes are not kept (a new class object is made, and `fh_utils.patch` moves old instances
+to it) when their metaclass is not `type` or `abc.ABCMeta` (an ORM model, a pydantic model:
+the metaclass registered the new class), when a base defines `__init_subclass__` (a registry
+saw the new class), when `__slots__` or the bases cannot change in place, or when the class
+is pinned by `@no_reload`. An enum is kept as it is when its members did not change.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import contextlib
+import enum
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["ClassKeeper"]
+
+_SKIP = frozenset({"__dict__", "__weakref__"})
+_KEPT_METACLASSES = (type, abc.ABCMeta)
+
+
+class ClassKeeper:
+    """One batch: which old classes may be kept, and what was changed to keep them."""
+
+    def __init__(self, is_pinned: Callable[[object], bool] = lambda obj: False) -> None:
+        self._is_pinned = is_pinned
+        self._old: dict[str, dict[str, type]] = {}  # module name -> qualname -> class
+        self._saved: list[tuple[type, dict[str, Any], tuple[type, ...]]] = []
+        self.members: list[tuple[Any, Any]] = []  # (old member, new member): patch on commit
+        self.kept = 0
+
+    def expect(self, module_name: str, previous: dict[str, Any]) -> None:
+        """`module_name` is about to run again; `previous` is what its last run left."""
+        table: dict[str, type] = {}
+        todo = [v for v in previous.values() if isinstance(v, type)]
+        while todo:
+            cls = todo.pop()
+            if (cls.__module__ != module_name or "<locals>" in cls.__qualname__
+                    or cls.__qualname__ in table):
+                continue
+            table[cls.__qualname__] = cls
+            todo.extend(v for v in vars(cls).values() if isinstance(v, type))
+        self._old[module_name] = table
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Class statements run in this block keep their previous class objects."""
+        original = builtins.__build_class__
+
+        def __build_class__(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:  # noqa: N807
+            new = original(func, name, *bases, **kwargs)
+            module = getattr(func, "__globals__", {}).get("__name__")
+            table = self._old.get(module) if isinstance(module, str) else None
+            if table is None or not isinstance(new, type):
+                return new
+            old = table.pop(getattr(func, "__qualname__", name), None)
+            if old is None or old is new:
+                return new
+            return self._adopt(old, new)
+
+        builtins.__build_class__ = __build_class__
+        try:
+            yield
+        finally:
+            builtins.__build_class__ = original
+
+    def rollback(self) -> None:
+        """Put every kept class back as it was before the batch."""
+        for cls, namespace, bases in reversed(self._saved):
+            with contextlib.suppress(TypeError):
+                if cls.__bases__ != bases:
+                    cls.__bases__ = bases
+            _set_namespace(cls, namespace)
+        self._saved.clear()
+        self.members.clear()
+
+    # -- keeping one class ---------------------------------------------------------------
+    def _adopt(self, old: type, new: type) -> type:
+        if self._is_pinned(old):
+            return new  # @no_reload hands the pinned class back itself
+        if isinstance(old, enum.EnumMeta) or isinstance(new, enum.EnumMeta):
+            return self._adopt_enum(old, new)
+        if not self._may_keep(old, new):
+            return new
+        saved = dict(vars(old))
+        bases = old.__bases__
+        try:
+            if bases != new.__bases__:
+                old.__bases__ = new.__bases__
+            _set_namespace(old, dict(vars(new)))
+        except (TypeError, AttributeError):
+            with contextlib.suppress(TypeError):
+                old.__bases__ = bases
+            _set_namespace(old, saved)
+            return new
+        self._saved.append((old, saved, bases))
+        for key, value in vars(new).items():
+            before = saved.get(key)
+            if key not in _SKIP and before is not None and before is not value:
+                self.members.append((before, value))
+        _repoint_class_cells(new, old)
+        if isinstance(old, abc.ABCMeta):
+            abc.update_abstractmethods(old)
+            old._abc_caches_clear()  # type: ignore[attr-defined]
+        self.kept += 1
+        return old
+
+    def _adopt_enum(self, old: type, new: type) -> type:
+        if type(old) is not type(new) or _members(old) != _members(new):
+            return new  # a changed enum cannot be kept: the reload engine escalates
+        saved = dict(vars(old))
+        changed = {k: v for k, v in vars(new).items()
+                   if isinstance(v, types.FunctionType | property | classmethod | staticmethod)
+                   and saved.get(k) is not v}
+        for key, value in changed.items():
+            type.__setattr__(old, key, value)
+            if key in saved:
+                self.members.append((saved[key], value))
+        self._saved.append((old, saved, old.__bases__))
+        _repoint_class_cells(new, old)
+        self.kept += 1
+        return old
+
+    @staticmethod
+    def _may_keep(old: type, new: type) -> bool:
+        if type(old) is not type(new) or type(new) not in _KEPT_METACLASSES:
+            return False
+        if vars(old).get("__slots__") != vars(new).get("__slots__"):
+            return False
+        return not any("__init_subclass__" in vars(base) for base in new.__mro__[1:-1])
+
+
+def _members(cls: type) -> list[tuple[str, Any]]:
+    return [(name, member.value) for name, member in cls.__members__.items()]  # type: ignore[attr-defined]
+
+
+def _set_namespace(cls: type, namespace: dict[str, Any]) -> None:
+    """Make `cls`'s own attributes exactly `namespace` (bar the layout descriptors)."""
+    for key in [k for k in vars(cls) if k not in namespace and k not in _SKIP]:
+        with contextlib.suppress(AttributeError, TypeError):
+            delattr(cls, key)
+    for key, value in namespace.items():
+        if key in _SKIP or vars(cls).get(key, _MISSING) is value:
+            continue
+        setattr(cls, key, value)
+
+
+_MISSING = object()
+
+
+def _repoint_class_cells(new: type, old: type) -> None:
+    """Methods of `new` that use `super()` name their class in a `__class__` cell: `old`."""
+    for value in vars(new).values():
+        for function in _functions(value):
+            code = function.__code__
+            if "__class__" not in code.co_freevars or function.__closure__ is None:
+                continue
+            cell = function.__closure__[code.co_freevars.index("__class__")]
+            with contextlib.suppress(ValueError):
+                if cell.cell_contents is new:
+                    cell.cell_contents = old
+
+
+def _functions(value: Any) -> list[types.FunctionType]:
+    if isinstance(value, types.FunctionType):
+        return [value]
+    if isinstance(value, classmethod | staticmethod):
+        return _functions(value.__func__)
+    if isinstance(value, property):
+        return [f for part in (value.fget, value.fset, value.fdel) for f in _functions(part)]
+    try:  # functools.cached_property keeps `func`; a decorator's wrapper, `__wrapped__`
+        inner = getattr(value, "func", None) or getattr(value, "__wrapped__", None)
+    except Exception:
+        return []
+    return _functions(inner) if isinstance(inner, types.FunctionType) else []

@@ -1,0 +1,428 @@
+"""Which project modules exist, where their files are, and what each imported and read.
+
+The graph is filled while modules execute (by `fh_utils.tracking`): the project modules a
+module imports, the files under the watched roots it opens for reading, the directories it
+lists, and (with `--env-file`) the environment variables it reads. Reads made while a
+`no_reload_cache` function computes belong to that cache entry instead.
+
+From it the reloader asks: which module is this file, which modules depend on these, in which
+order do they run, who read this file or listed this directory. `snapshot()` and `restore()`
+put it back as it was when a batch of re-runs is rolled back.
+"""
+
+from __future__ import annotations
+
+import copy
+import dis
+import importlib.util
+import itertools
+import os
+import sys
+import sysconfig
+import threading
+import types
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fh_utils.watch import ignored_by_default
+
+__all__ = ["GraphState", "Listing", "ModuleGraph", "Resource"]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A directory whose list of entries a module read (`os.listdir`, `glob`, `pkgutil`)."""
+
+    path: Path
+
+
+# What a module or a cache entry can read: a file (a resolved Path), a directory listing, or an
+# environment variable (its name; "*" when the whole environment was listed).
+Resource = Path | Listing | str
+
+_CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so")  # imports, not reads
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+
+
+@dataclass
+class GraphState:
+    """A copy of what `ModuleGraph.restore` puts back."""
+
+    data: dict[str, Any]
+
+
+class ModuleGraph:
+    """Project modules by name and file, and what each imported and read while it executed."""
+
+    _SAVED = ("files", "imports", "_order", "code", "reads", "cache_reads", "cache_users",
+              "listings")
+
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        excludes: Sequence[Path] = (),
+        ignore: Callable[[Path], bool] | None = None,
+    ) -> None:
+        self.roots = [r.resolve() for r in roots]
+        self.excludes = [e.resolve() for e in excludes]
+        self._ignore = ignore or (lambda path: ignored_by_default(path, self.roots))
+        self.prefixes = tuple(str(r).rstrip(os.sep) + os.sep for r in self.roots)
+        self._system = {
+            Path(p).resolve()
+            for key in ("stdlib", "platstdlib", "purelib", "platlib")
+            if (p := sysconfig.get_paths().get(key))
+        }
+        paths = sysconfig.get_paths()
+        self._stdlib = str(Path(paths["stdlib"]).resolve()) + os.sep
+        self._importlib = self._stdlib + "importlib" + os.sep
+        self._site = tuple(str(Path(paths[k]).resolve()) + os.sep for k in ("purelib", "platlib"))
+        self._own = str(Path(__file__).resolve().parent) + os.sep  # fh_utils' own wrappers
+        self._lock = threading.RLock()  # request threads record reads while a reload plans
+        self.files: dict[Path, str] = {}  # file -> module name
+        self.imports: dict[str, set[str]] = {}  # module -> project modules it imported
+        self._order: dict[str, int] = {}  # module -> when it first started executing
+        self._counter = itertools.count()
+        self._local = threading.local()
+        self.compiled: dict[Path, tuple[bytes, types.CodeType]] = {}  # file -> source, code
+        self.code: dict[str, types.CodeType] = {}  # module -> the code its last good run ran
+        self.reads: dict[str, set[Resource]] = {}  # module -> what it read while it executed
+        self.cache_reads: dict[object, set[Resource]] = {}  # cache entry -> what it read
+        self.cache_users: dict[object, set[str]] = {}  # cache entry -> modules that computed it
+        self.listings: dict[Path, frozenset[str]] = {}  # directory -> its entries when read
+        self._written: set[Path] = set()  # files opened for writing since the reloader looked
+        # The cache entry computing in this thread, if any (see fh_utils.cache.engine).
+        self.computing: Callable[[], object | None] = _nothing
+
+    # -- what belongs to the project ---------------------------------------------------------
+    def is_project_file(self, path: Path) -> bool:
+        if not path.is_absolute():  # "<frozen os>", "<string>": not a file at all
+            return False
+        path = path.resolve()
+        if not any(path.is_relative_to(r) for r in self.roots):
+            return False
+        if any(path.is_relative_to(e) for e in self.excludes):
+            return False
+        if any(path.is_relative_to(s) for s in self._system):
+            return False
+        return not self._ignore(path)
+
+    def is_project_module(self, name: str) -> bool:
+        return name in self.imports
+
+    def module_for(self, path: Path) -> str | None:
+        return self.files.get(path.resolve())
+
+    def modules(self) -> list[str]:
+        """Every project module known, in the order they first ran."""
+        return sorted(self.imports, key=lambda n: self._order.get(n, 0))
+
+    # -- recording while modules execute -----------------------------------------------------
+    @property
+    def _stack(self) -> list[str]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def executing(self) -> str | None:
+        """The project module whose top level is running in this thread, if any."""
+        stack = self._stack
+        return stack[-1] if stack else None
+
+    def begin(self, name: str, file: Path) -> tuple[set[str] | None, set[Resource]]:
+        """A project module starts executing; returns what `undo_begin` needs after a failure."""
+        with self._lock:
+            previous = self.imports.get(name), self.reads.pop(name, set())
+            importer = self.executing()
+            if importer is not None and importer != name:
+                self.imports.setdefault(importer, set()).add(name)
+            self.imports[name] = set()
+            self.files[file.resolve()] = name
+            self._order.setdefault(name, next(self._counter))
+        self._stack.append(name)
+        return previous
+
+    def end(self, name: str) -> None:
+        stack = self._stack
+        if stack and stack[-1] == name:
+            stack.pop()
+
+    def undo_begin(self, name: str, previous: tuple[set[str] | None, set[Resource]]) -> None:
+        """Undo `begin` after a failed execution.
+
+        What it read stays recorded with what it read before: a fix to a file it read while it
+        failed must retry it.
+        """
+        imports, reads = previous
+        with self._lock:
+            self.reads.setdefault(name, set()).update(reads)
+            if imports is None:
+                self._drop(name)
+            else:
+                self.imports[name] = imports
+
+    def forget(self, name: str) -> None:
+        """`name` is no longer a module (its file was deleted)."""
+        with self._lock:
+            self._drop(name)
+            self.code.pop(name, None)
+            self.reads.pop(name, None)
+            for deps in self.imports.values():
+                deps.discard(name)
+
+    def _drop(self, name: str) -> None:
+        self.imports.pop(name, None)
+        self._order.pop(name, None)
+        for file, module in list(self.files.items()):
+            if module == name:
+                del self.files[file]
+
+    def adopt_loaded(self) -> list[str]:
+        """Take in project modules imported before tracking began (the script behind
+        `python app.py` and what it imported before calling `fh_utils.serve()`).
+
+        They did not run under `ProjectLoader`, so what they import is read from their code
+        instead (every import statement, also inside functions: a superset is safe). They are
+        re-executed by `ProjectLoader` on their first reload, and tracked at run time from then.
+        """
+        found: dict[str, Path] = {}
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            # Aliases (`__main__`, multiprocessing's `__mp_main__`) are not the module's name.
+            if (getattr(module, "__name__", None) != name or name in self.imports
+                    or not isinstance(file, str)
+                    or not file.endswith(".py") or not file.startswith(self.prefixes)):
+                continue
+            if self.is_project_file(Path(file)):
+                found[name] = Path(file).resolve()
+        for name, file in found.items():
+            try:
+                code = compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
+            except (OSError, SyntaxError, ValueError):
+                continue
+            package = getattr(sys.modules[name], "__package__", None) or ""
+            self.imports[name] = {n for n in _imported_names(code, package) if n in found}
+            self.files[file] = name
+            self.code[name] = code
+            self._order.setdefault(name, next(self._counter))
+        return list(found)
+
+    def record_imports(self, names: Iterable[str]) -> None:
+        importer = self.executing()
+        if importer is None:
+            return
+        with self._lock:
+            edges = self.imports.setdefault(importer, set())
+            for name in names:
+                if name != importer and name in self.imports:
+                    edges.add(name)
+
+    def read(self, resource: Resource) -> None:
+        """`resource` was read in this thread: note it for the executing module or cache entry.
+
+        A read while a cache entry computes belongs to the entry; the module executing then (if
+        any) depends on the entry, even on later executions that find its values cached.
+        """
+        entry = self.computing()
+        module = self.executing()
+        if entry is None and module is None:
+            return
+        with self._lock:
+            if entry is not None:
+                self.cache_reads.setdefault(entry, set()).add(resource)
+                if module is not None:
+                    self.cache_users.setdefault(entry, set()).add(module)
+            elif module is not None:
+                self.reads.setdefault(module, set()).add(resource)
+
+    def opened(self, file: object, flags: int) -> None:
+        """A file was opened: one under the roots opened for reading is a read.
+
+        Files project code opens for writing (at any time) are noted (`take_written`), so that
+        the reloader can tell the app's own writes from the user's edits: a module that updates
+        a file it reads would otherwise reload itself forever, and an app saving its data to a
+        file it loads at import would reload on every save.
+        """
+        if isinstance(file, bytes):
+            file = os.fsdecode(file)
+        if not isinstance(file, str):  # a file descriptor
+            return
+        write = flags & _WRITE_FLAGS
+        if not write and self.executing() is None and self.computing() is None:
+            return
+        path = os.path.abspath(file)
+        if not path.startswith(self.prefixes) or path.endswith(_CODE_SUFFIXES):
+            return
+        resolved = Path(path).resolve()
+        if not self.is_project_file(resolved):
+            return
+        if write:
+            with self._lock:
+                self._written.add(resolved)
+        else:
+            self.read(resolved)
+
+    def listed(self, directory: object) -> None:
+        """A directory's entries were listed: a module or cache entry that did depends on them.
+
+        Only listings the project's own code asked for count (directly, or through the standard
+        library: `glob`, `pathlib`, `pkgutil`): an installed package scanning `sys.path` (as
+        `importlib.metadata` does) is not the project discovering its plugins.
+        """
+        if self.executing() is None and self.computing() is None:
+            return
+        if not self._asked_by_project(sys._getframe(1)):
+            return
+        if isinstance(directory, bytes):
+            directory = os.fsdecode(directory)
+        if not isinstance(directory, str):  # a file descriptor
+            return
+        path = os.path.abspath(directory)
+        if not (path + os.sep).startswith(self.prefixes):
+            return
+        resolved = Path(path).resolve()
+        if not self.is_project_file(resolved):
+            return
+        entries = self.entries(resolved)
+        with self._lock:
+            self.listings[resolved] = entries
+        self.read(Listing(resolved))
+
+    def _asked_by_project(self, frame: types.FrameType | None) -> bool:
+        """Whether the first caller outside the standard library is a project file."""
+        while frame is not None:
+            file = frame.f_code.co_filename
+            if file.startswith(self._site) or file.startswith(self._importlib):
+                return False  # an installed package; importlib.metadata scanning sys.path
+            if not (file.startswith(self._own) or file.startswith(self._stdlib)
+                    or not os.path.isabs(file)):
+                return self.is_project_file(Path(file))
+            frame = frame.f_back  # fh_utils' wrapper, glob, pathlib, pkgutil: look further up
+        return False
+
+    def entries(self, directory: Path) -> frozenset[str]:
+        """The names in `directory` that can matter (editor swap files and the like left out)."""
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return frozenset()
+        return frozenset(n for n in names if not self._ignore(directory / n))
+
+    def changed_listings(self, paths: Iterable[Path]) -> list[Path]:
+        """Listed directories holding one of `paths` whose entries are no longer those read."""
+        found = []
+        for directory in {p.parent.resolve() for p in paths}:
+            recorded = self.listings.get(directory)
+            if recorded is not None and self.entries(directory) != recorded:
+                found.append(directory)
+        return found
+
+    def take_written(self) -> set[Path]:
+        with self._lock:
+            written, self._written = self._written, set()
+        return written
+
+    def readers(self, resources: Iterable[Resource]) -> tuple[set[str], list[object]]:
+        """The modules and cache entries that read any of `resources` ("*" stands for every
+        environment variable)."""
+        wanted = set(resources)
+        if any(isinstance(r, str) for r in wanted):
+            wanted.add("*")
+        with self._lock:
+            modules = {m for m, read in self.reads.items() if read & wanted}
+            entries = [e for e, read in self.cache_reads.items() if read & wanted]
+            for entry in entries:
+                modules |= self.cache_users.get(entry, set())
+        return modules, entries
+
+    # -- saving and putting back -------------------------------------------------------------
+    def snapshot(self) -> GraphState:
+        with self._lock:
+            return GraphState({k: copy.copy(getattr(self, k)) for k in self._SAVED} | {
+                "imports": {n: set(d) for n, d in self.imports.items()},
+                "reads": {n: set(r) for n, r in self.reads.items()},
+            })
+
+    def restore(self, state: GraphState, keep_reads: bool = True) -> None:
+        """Put the graph back as `snapshot` found it.
+
+        With `keep_reads`, what modules read meanwhile stays recorded too: a fix to a file a
+        failed run read must retry it.
+        """
+        with self._lock:
+            reads = {n: set(r) for n, r in self.reads.items()} if keep_reads else {}
+            for key, value in state.data.items():
+                setattr(self, key, value)
+            for name, read in reads.items():
+                self.reads.setdefault(name, set()).update(read)
+
+    # -- what to re-execute, in which order --------------------------------------------------
+    def dependents(self, names: Iterable[str]) -> set[str]:
+        """`names` plus every project module that imports one of them, transitively."""
+        reverse: dict[str, set[str]] = {}
+        with self._lock:
+            for module, deps in self.imports.items():
+                for dep in deps:
+                    reverse.setdefault(dep, set()).add(module)
+        seen = set(names)
+        todo = list(seen)
+        while todo:
+            for module in reverse.get(todo.pop(), ()):
+                if module not in seen:
+                    seen.add(module)
+                    todo.append(module)
+        return seen
+
+    def ordered(self, names: Iterable[str]) -> list[str]:
+        """Dependencies first; cycles (a package and its submodules) in first-load order."""
+        wanted = set(names)
+        key = self._order.get
+        result: list[str] = []
+        state: dict[str, int] = {}  # 1 = on the path, 2 = emitted
+        for root in sorted(wanted, key=lambda n: key(n, 0)):
+            if root in state:
+                continue
+            state[root] = 1
+            stack = [(root, iter(sorted(self.imports.get(root, ()) & wanted, key=key)))]
+            while stack:
+                name, deps = stack[-1]
+                dep = next(deps, None)
+                if dep is None:
+                    stack.pop()
+                    state[name] = 2
+                    result.append(name)
+                elif dep not in state:
+                    state[dep] = 1
+                    stack.append((dep, iter(sorted(self.imports.get(dep, ()) & wanted, key=key))))
+        return result
+
+
+def _imported_names(code: types.CodeType, package: str) -> set[str]:
+    """Absolute names of the modules an import statement in `code` may bring in."""
+    names: set[str] = set()
+    todo = [code]
+    while todo:
+        current = todo.pop()
+        instructions = list(dis.get_instructions(current))
+        for i, ins in enumerate(instructions):
+            if ins.opname != "IMPORT_NAME" or i < 2:
+                continue
+            level, fromlist = instructions[i - 2].argval, instructions[i - 1].argval
+            if not isinstance(level, int):
+                continue
+            try:
+                base = (importlib.util.resolve_name("." * level + ins.argval, package)
+                        if level else ins.argval)
+            except (ImportError, ValueError, TypeError):
+                continue
+            parts = base.split(".")
+            names.update(".".join(parts[: j + 1]) for j in range(len(parts)))
+            names.update(f"{base}.{item}" for item in fromlist or () if isinstance(item, str))
+        todo.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return names
+
+
+def _nothing() -> None:
+    return None
