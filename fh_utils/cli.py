@@ -25,6 +25,7 @@ _UVICORN: click.Command = sys.modules["uvicorn.main"].main  # the `uvicorn` comm
 # uvicorn options fh_utils defines itself, or that the commands below never take.
 _NOT_COPIED = {"app", "reload", "version", "factory", "port"}
 _RELOAD_OPTIONS = ("reload_dirs", "reload_includes", "reload_excludes", "reload_delay")
+_DEV_ONLY = ("escalate", "keep_connections", "timeout_lifespan", "allowed_hosts")
 
 # Options that exist on a command but cannot apply there: refused with the reason.
 DEV_REFUSED = {
@@ -122,7 +123,7 @@ def uvicorn_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     kwargs = {
         k: v for k, v in values.items()
         if k not in {"path", "attr", "factory", "app_dir", "reload", "live", "clear", "workers",
-                     "timeout_worker_healthcheck", *_RELOAD_OPTIONS}
+                     "timeout_worker_healthcheck", *_RELOAD_OPTIONS, *_DEV_ONLY}
     }
     kwargs["headers"] = [tuple(h.split(":", 1)) for h in values.get("headers") or ()]
     for header in kwargs["headers"]:
@@ -159,6 +160,20 @@ def main() -> None:
               help="Refresh open browser pages after each reload and show errors in the page.")
 @click.option("--clear/--no-clear", default=False, envvar=_env("clear"),
               help="Clear the terminal before each reload, so only the latest output shows.")
+@click.option("--escalate/--no-escalate", default=True, envvar=_env("escalate"),
+              help="When a reload in place cannot serve what a fresh start would, re-import "
+              "the project or restart the worker process by itself.")
+@click.option("--keep-connections/--no-keep-connections", default=False,
+              envvar=_env("keep_connections"),
+              help="Leave the previous app's WebSockets and streams open after a reload "
+              "(by default they are closed with 1012, so clients reconnect to the new code).")
+@click.option("--timeout-lifespan", type=float, default=30.0, envvar=_env("timeout_lifespan"),
+              help="Seconds an app's lifespan startup or shutdown may take; a startup that "
+              "takes longer is a failed reload.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, envvar=_env("allowed_host"),
+              help="Also accept requests for this Host header (a proxy or tunnel name; "
+              "'.example.com' for a domain and its subdomains; '*' for any). localhost and IP "
+              "addresses are always accepted (repeatable).")
 @click.pass_context
 def dev(ctx: click.Context, **values: Any) -> None:
     """Serve PATH (app.py, src/pkg/app.py or module:attr), reloading edits in place."""
@@ -168,7 +183,8 @@ def dev(ctx: click.Context, **values: Any) -> None:
     ):
         raise click.UsageError("--reload-delay cannot be used here: it applies to --reload full.")
     target = _target(values)
-    from fh_utils.dev import DevOptions, run_dev  # imports IPython: only here
+    from fh_utils.dev import DevOptions  # imports IPython: only here
+    from fh_utils.runner import run_dev
 
     kwargs = uvicorn_kwargs(values)
     run_dev(
@@ -184,6 +200,10 @@ def dev(ctx: click.Context, **values: Any) -> None:
             reload_includes=list(values["reload_includes"]),
             reload_excludes=list(values["reload_excludes"]),
             reload_delay=values["reload_delay"],
+            escalate=values["escalate"],
+            keep_connections=values["keep_connections"],
+            timeout_lifespan=values["timeout_lifespan"],
+            allowed_hosts=list(values["allowed_hosts"]),
             uvicorn=kwargs,
         )
     )

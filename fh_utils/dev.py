@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
-import json
 import logging
-import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+import warnings
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -21,14 +21,17 @@ from uvicorn.middleware.asgi2 import ASGI2Middleware
 from uvicorn.middleware.wsgi import WSGIMiddleware
 
 from fh_utils import effects
+from fh_utils.channel import Channel
 from fh_utils.errors import Failure
+from fh_utils.hosts import HostGuard
 from fh_utils.live import LiveHub, LiveReloadMiddleware
 from fh_utils.reload import Batch, Outcome, Plan, Reloader
-from fh_utils.server import LifespanFailed, StartupAbort, Switch, Timeouts
+from fh_utils.server import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
 from fh_utils.target import AppTarget
 from fh_utils.watch import WatchSpec
+from fh_utils.zygote import Zygote
 
-__all__ = ["DevListener", "DevOptions", "DevSession", "run_dev", "uvicorn_log_config"]
+__all__ = ["DevListener", "DevOptions", "DevSession", "uvicorn_log_config"]
 
 logger = logging.getLogger("fh_utils")
 
@@ -73,6 +76,9 @@ class DevOptions:
     escalate: bool = True  # re-import or restart when in place cannot be faithful
     keep_connections: bool = False  # leave a retired app's WebSockets and streams open
     timeout_lifespan: float = 30.0
+    allowed_hosts: Sequence[str] = ()  # Host headers allowed besides localhost and IPs
+    project_loaded: bool = False  # this process already ran the app (`python app.py`)
+    notes: Sequence[str] = ()  # lines to log once at start-up
     reload_dirs: Sequence[str] = ()
     reload_includes: Sequence[str] = ()
     reload_excludes: Sequence[str] = ()
@@ -84,17 +90,39 @@ class DevOptions:
                          reload_dirs=self.reload_dirs)
 
 
-class DevSession:
-    """Owns the reloader, the switch uvicorn serves, and the watcher task."""
+# Errors a cold start of the same tree hits too, whatever the previous runs left: reported at
+# once, never checked against a fresh process.
+GENUINE = frozenset({"NameError", "UnboundLocalError", "SyntaxError", "IndentationError",
+                     "TabError", "ImportError", "ModuleNotFoundError", "AppNotFound",
+                     "LifespanTimeout"})
+CANDIDATE_TIMEOUT = 120.0  # a new worker's import and start-up, at most (beyond its lifespan's)
 
-    def __init__(self, options: DevOptions) -> None:
+
+class DevSession:
+    """Owns the reloader, the switch uvicorn serves, and the watcher task.
+
+    With a `zygote`, a reload that in place cannot make faithful goes to a new worker process
+    forked from it (the third tier); `link` is set in such a worker, to the worker that asked
+    for it, until it serves.
+    """
+
+    def __init__(self, options: DevOptions, *, zygote: Zygote | None = None,
+                 link: Channel | None = None) -> None:
         self.options = options
+        self.zygote = zygote
+        self.link = link
+        self.server: Any = None  # the uvicorn.Server, once serving (fh_utils.runner)
+        self.retiring = False  # a newer worker took over: this one stops serving
+        self.shutting_down = False
         self.watch = options.watch_spec()
         self.reloader = Reloader(options.target, self.watch.dirs, self.watch.exclude_dirs,
                                  ignore=self.watch.ignores,
                                  env_file=options.uvicorn.get("env_file"),
                                  escalate=options.escalate)
         settings = dict(options.uvicorn)
+        # The env file is loaded by the reloader, not uvicorn: a worker forked later must start
+        # from the environment before it, then load the file as it is then.
+        settings.pop("env_file", None)
         # These two describe the user's app; the switch uvicorn serves is always ASGI 3.
         self._interface = settings.pop("interface", "auto")
         self.switch = Switch(self._startup, self._shutdown, settings.pop("lifespan", "auto"),
@@ -113,10 +141,17 @@ class DevSession:
             self.live = LiveHub()
             self.listeners.append(self.live)
             self.asgi = LiveReloadMiddleware(self.switch, self.live)
+        self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host)
+        self._prepared = False  # a new worker: its app was loaded before uvicorn started
 
     # -- start and stop ----------------------------------------------------------------------
     async def _startup(self) -> None:
+        if self._prepared:  # a new worker, ready before uvicorn started
+            self._spawn(self._apply_changes())
+            return
         effects.install_task_factory(asyncio.get_running_loop())
+        for note in self.options.notes:
+            logger.info(note)
         if self.options.reload == "fast":
             dirs = [str(d) for d in self.watch.dirs]
             logger.info("Will watch for changes in these directories: %s", dirs)
@@ -134,15 +169,65 @@ class DevSession:
                 "Loaded %s in %d ms", self.options.target.label,
                 (time.perf_counter() - started) * 1000,
             )
+            self._preload()
         if self.options.reload == "fast":
             self._spawn(self._apply_changes())
+
+    def _preload(self) -> None:
+        """Have the zygote import the installed packages the app uses, for fast restarts."""
+        if self.zygote is None:
+            return
+        env = self.reloader.env
+        try:
+            self.zygote.preload(self.reloader.loaded_packages(), sys.path,
+                                str(env.path) if env is not None else None)
+        except OSError:
+            logger.debug("The zygote is gone: restarts are not available", exc_info=True)
+            self.zygote = None
+
+    async def prepare(self) -> bool:
+        """In a new worker: load the app and start it, tell the worker that asked, and wait
+        to hear whether to serve. False: it will not serve (the app failed, or not needed)."""
+        assert self.link is not None
+        effects.install_task_factory(asyncio.get_running_loop())
+        if self.options.reload == "fast":
+            self._spawn(self._watch())  # changes saved from now on are not missed
+        outcome = self.reloader.start()
+        generation: Generation | None = None
+        failure = outcome.failure
+        if failure is None and outcome.app is not None:
+            try:
+                generation = await self.switch.start(self._adapt(outcome.app))
+            except LifespanFailed as exc:
+                failure = lifespan_failure(exc)
+        if failure is not None or generation is None:
+            await self.link.send(("failed", failure))
+            return False
+        await self.link.send(("imported",))
+        reply = await self.link.recv()
+        if not reply or reply[0] != "go":
+            await self.switch.discard(generation)
+            return False
+        await self.switch.commit(generation)
+        self._changes.update(reply[1])
+        if self._changes:
+            self._changed.set()
+        self._prepared = True
+        return True
+
+    async def serving(self) -> None:
+        """uvicorn accepts connections: tell the worker that asked for this one."""
+        if self.link is not None:
+            await self.link.send(("ready",))
+        if self.zygote is not None:
+            self.zygote.serving()
 
     async def _serve_first(self, outcome: Outcome) -> bool:
         assert outcome.app is not None
         try:
             generation = await self.switch.start(self._adapt(outcome.app), self._changed)
         except LifespanFailed as exc:
-            await self._show_load_failure(Failure(None, None, "LifespanFailed", str(exc), ""))
+            await self._show_load_failure(lifespan_failure(exc))
             return False
         await self.switch.commit(generation)
         return True
@@ -181,6 +266,17 @@ class DevSession:
         except Exception:
             logger.exception("Shutdown step reloader.stop failed")
 
+    async def before_shutdown(self) -> None:
+        """Ctrl+C or a newer worker: end WebSockets and streams at once (they would hold
+        uvicorn's graceful shutdown forever) and stop reacting to changes."""
+        self.shutting_down = True
+        self._stop.set()
+        if self.zygote is not None:
+            with contextlib.suppress(OSError):  # stopping on purpose: not to be replaced
+                self.zygote.retiring()
+        for generation in self.switch.generations():
+            await generation.close_connections()
+
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
@@ -212,8 +308,10 @@ class DevSession:
 
     async def _apply_changes(self) -> None:
         """Apply changes as they arrive; an exception in one reload never stops the next."""
-        while True:
+        while not self.retiring:
             await self._changed.wait()
+            if self.retiring:
+                return
             self._changed.clear()
             paths, self._changes = self._changes, set()
             try:
@@ -239,90 +337,165 @@ class DevSession:
         outcome = plan.outcome
         if plan.runnable:
             async with self.switch.paused():
-                outcome = await self._reload(plan)
+                outcome, restart = await self._reload(plan)
+            if restart is not None:  # the old worker serves until the new one is ready
+                outcome = await self._hand_over(restart, outcome)
         if self.options.clear:
             sys.stderr.write(CLEAR_SCREEN)
             sys.stderr.flush()
         for note in outcome.notes:
             logger.warning(note)
         if outcome.failure is not None:
-            logger.error("Reload failed: %s", _with_traceback(outcome.failure))
             failure = outcome.failure
+            if failure.kind.startswith("Lifespan"):
+                logger.error("Lifespan startup failed, the previous app keeps serving: %s",
+                             _with_traceback(failure, summary=failure.message))
+            else:
+                logger.error("Reload failed: %s", _with_traceback(failure))
             await self._notify(lambda listener: listener.failed(failure))
         elif plan.runnable:
             self._log_reloaded(outcome, started)
-            await self._notify(lambda listener: listener.reloaded(outcome))
+            if not self.retiring:
+                await self._notify(lambda listener: listener.reloaded(outcome))
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
             logger.warning("Could not update in place: %s",
                            "; ".join(dict.fromkeys(patch.skipped)))
             patch.skipped.clear()
-        if static:
+        if static and not self.retiring:
             await self._notify(lambda listener: listener.static_changed(static))
         return outcome
 
-    async def _reload(self, plan: Plan) -> Outcome:
-        """Run the plan at the lowest tier that is faithful, then serve what it gave."""
-        batch = self.reloader.run(plan)
-        if batch.escalation is not None:
-            batch = self._escalate(batch, plan)
-        if batch.outcome.failure is not None or batch.app is None:
+    async def _reload(self, plan: Plan) -> tuple[Outcome, _Restart | None]:
+        """Run the plan at the lowest tier that serves what a cold start would.
+
+        In place first. If that cannot be faithful (a live thread, a class change it cannot
+        carry) or fails where a fresh process might not, the project is re-imported; if even
+        that cannot do it, a new worker process takes over (returned as a `_Restart`). A failure
+        a fresh process hits too is reported as it is: the last good version keeps serving.
+        """
+        with _held_warnings() as held:  # shown only if this tier is the one that serves
+            batch = self.reloader.run(plan)
+        if batch.escalation is not None and not self.options.escalate:
+            batch.outcome.notes.append(f"{batch.escalation.cause}: in place cannot apply this "
+                                       "faithfully; restart fh_utils dev (escalation is off)")
+            batch.escalation = None
+        failure = await self._finish(batch)
+        outcome = batch.outcome
+        if batch.escalation is None and (
+            failure is None or not self.options.escalate or failure.kind in GENUINE
+        ):
+            held.show()
+            return outcome, None
+        candidate: _Candidate | None = None
+        if failure is not None:  # a fresh process is the judge: does the tree load there?
+            candidate, cold = await self._candidate()
+            if candidate is None:
+                outcome.failure = cold or failure
+                return outcome, None
+            tier, cause = "re-import", _short(failure.message or failure.kind)
+        else:
+            assert batch.escalation is not None
+            tier, cause = batch.escalation.tier, batch.escalation.cause
+        if tier == "re-import":
+            with _held_warnings() as held:
+                batch = self.reloader.reimport(plan, cause)
+            again = await self._finish(batch)
+            if again is None and batch.escalation is None:
+                held.show()
+                if candidate is not None:
+                    await candidate.dismiss()
+                return batch.outcome, None
+            if batch.escalation is not None:
+                cause = f"{cause}; then {batch.escalation.cause}"
+        outcome.failure = None
+        return outcome, _Restart(candidate, cause)
+
+    async def _finish(self, batch: Batch) -> Failure | None:
+        """Serve a successful batch and commit it; otherwise roll it back. Returns the failure
+        (None also when the batch needs a higher tier: `batch.escalation`)."""
+        if batch.escalation is not None or batch.outcome.failure is not None or batch.app is None:
             batch.rollback()
-            return batch.outcome
+            return batch.outcome.failure
         try:
-            closed = await self._serve(batch)
+            generation = await self.switch.start(self._adapt(batch.app), self._changed)
+        except LifespanFailed as exc:
+            batch.rollback()
+            batch.outcome.failure = lifespan_failure(exc)
+            return batch.outcome.failure
         except BaseException:
             batch.rollback()
             raise
-        if closed is None:
-            return batch.outcome
+        sockets, streams = await self.switch.commit(generation)
         batch.commit()
-        sockets, streams = closed
         if sockets or streams:
             logger.info("Closed %s of the previous app so they reconnect to the new code",
                         _connections(sockets, streams))
         for name in batch.outcome.released:
             logger.info("%s() is gone: its cached values were released", name)
-        return batch.outcome
+        return None
 
-    def _escalate(self, batch: Batch, plan: Plan) -> Batch:
-        """In place cannot be faithful: re-import the project (or say what a restart needs)."""
-        escalation = batch.escalation
-        assert escalation is not None
-        if not self.options.escalate:
-            batch.outcome.notes.append(f"{escalation.cause}: in place cannot apply this "
-                                       "faithfully; restart fh_utils dev (escalation is off)")
-            batch.escalation = None
-            return batch
-        batch.rollback()
-        if escalation.tier == "re-import":
-            batch = self.reloader.reimport(plan, escalation.cause)
-            if batch.escalation is None:
-                return batch
-            escalation = batch.escalation
-        batch.outcome.failure = Failure(
-            None, None, "RestartNeeded",
-            f"{escalation.cause}: only a new process can apply this; restart fh_utils dev", "")
-        return batch
-
-    async def _serve(self, batch: Batch) -> tuple[int, int] | None:
-        """Start the batch's app if it is a new one and make it current; None if it could not
-        start (the batch is rolled back, the failure is in its outcome)."""
-        assert batch.app is not None
+    async def _candidate(self) -> tuple[_Candidate | None, Failure | None]:
+        """A new worker that loaded the project and started the app, waiting to serve; or
+        (None, the failure a fresh process hit)."""
+        if self.zygote is None:
+            return None, None
         try:
-            generation = await self.switch.start(self._adapt(batch.app), self._changed)
-        except LifespanFailed as exc:
-            batch.rollback()
-            batch.outcome.failure = Failure(None, None, "LifespanFailed", str(exc), "")
-            logger.error("Lifespan startup failed, the previous app keeps serving: %s", exc)
-            return None
-        return await self.switch.commit(generation)
+            sock = self.zygote.fork((self.options, "candidate"))
+        except OSError:
+            logger.warning("The zygote process is gone: a restart needs `fh_utils dev` again")
+            self.zygote = None
+            return None, None
+        candidate = _Candidate(Channel(sock))
+        failure = await candidate.imported(CANDIDATE_TIMEOUT + 2 * self.options.timeout_lifespan)
+        if failure is not None:
+            await candidate.dismiss()
+            return None, failure
+        return candidate, None
+
+    async def _hand_over(self, restart: _Restart, outcome: Outcome) -> Outcome:
+        """The third tier: a new worker process serves from now on; this one steps down."""
+        candidate = restart.candidate
+        if candidate is None:
+            candidate, failure = await self._candidate()
+            if candidate is None:
+                outcome.failure = failure or Failure(
+                    None, None, "RestartNeeded",
+                    f"{restart.cause}: only a new process can apply this, and none can be "
+                    "started here; restart fh_utils dev", "")
+                return outcome
+        changes, self._changes = self._changes, set()  # saved meanwhile: the new worker's
+        await candidate.go(changes)
+        if not await candidate.ready(CANDIDATE_TIMEOUT):
+            self._changes |= changes
+            outcome.failure = Failure(None, None, "RestartFailed",
+                                      "the new worker stopped before it served", "")
+            return outcome
+        outcome.tier, outcome.cause = "restart", restart.cause
+        self._retire()
+        return outcome
+
+    def _retire(self) -> None:
+        """A newer worker serves: stop serving here (uvicorn's graceful shutdown)."""
+        self.retiring = True
+        self._stop.set()
+        self._changed.set()  # lets the applier loop end
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no shutdown chatter
+        if self.zygote is not None:
+            try:
+                self.zygote.retiring()
+            except OSError:
+                pass
+        if self.server is not None:
+            self.server.should_exit = True
 
     def _log_reloaded(self, outcome: Outcome, started: float) -> None:
+        if not outcome.changed and not outcome.reran:
+            return  # only os.environ changed, and the note said so
         dependents = outcome.dependents
         how = "" if outcome.tier == "in place" else (
             f" by re-importing the project ({outcome.cause})" if outcome.tier == "re-import"
-            else f" by restarting the worker ({outcome.cause})")
+            else f" by restarting the worker ({outcome.cause}; pinned values were not kept)")
         logger.info(
             "Reloaded %s%s%s in %d ms",
             ", ".join(outcome.changed),
@@ -349,6 +522,85 @@ class DevSession:
         return wrapped
 
 
+@dataclass
+class _Restart:
+    """The third tier is needed; `candidate` is a new worker already loaded, if one is."""
+
+    candidate: _Candidate | None
+    cause: str
+
+
+class _Candidate:
+    """A new worker process, seen from the worker that asked for it."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    async def imported(self, timeout: float) -> Failure | None:
+        """None once it loaded the project and started the app; else what went wrong."""
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self.channel.recv()
+        except TimeoutError:
+            return Failure(None, None, "RestartFailed",
+                           f"the new worker did not load the app within {timeout:g} s", "")
+        if message is None:
+            return Failure(None, None, "RestartFailed",
+                           "the new worker exited before it loaded the app", "")
+        if message[0] == "failed":
+            return message[1] or Failure(None, None, "RestartFailed", "unknown failure", "")
+        return None
+
+    async def go(self, changes: set[Path]) -> None:
+        await self.channel.send(("go", sorted(changes)))
+
+    async def ready(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self.channel.recv()
+        except TimeoutError:
+            message = None
+        self.channel.close()
+        return bool(message) and message[0] == "ready"
+
+    async def dismiss(self) -> None:
+        try:
+            await self.channel.send(("exit",))
+        except OSError:
+            pass
+        self.channel.close()
+
+
+class _HeldWarnings(list[tuple[Any, ...]]):
+    def show(self) -> None:
+        for args in self:
+            warnings.showwarning(*args)
+        self.clear()
+
+
+@contextlib.contextmanager
+def _held_warnings() -> Iterator[_HeldWarnings]:
+    """Keep the warnings shown in this block (a tier that may be discarded) for `show()`."""
+    held = _HeldWarnings()
+    original = warnings.showwarning
+
+    def hold(*args: Any) -> None:
+        held.append(args)
+
+    warnings.showwarning = hold
+    try:
+        yield held
+    finally:
+        warnings.showwarning = original
+
+
+def _short(message: str) -> str:
+    """The first sentence of an error message, for a log line."""
+    first = message.strip().splitlines()[0] if message.strip() else message
+    first = first.split(". ")[0].rstrip(".")
+    return first if len(first) <= 120 else first[:117] + "..."
+
+
 def _connections(sockets: int, streams: int) -> str:
     parts = []
     if sockets:
@@ -369,9 +621,21 @@ def uvicorn_log_config(level: str | None) -> dict[str, Any]:
     return config
 
 
-def _with_traceback(failure: Failure) -> str:
+def _with_traceback(failure: Failure, summary: str | None = None) -> str:
     """The summary line, then the traceback when there is one."""
-    return f"{failure.summary}\n{failure.traceback}" if failure.traceback else failure.summary
+    summary = failure.summary if summary is None else summary
+    return f"{summary}\n{failure.traceback}" if failure.traceback else summary
+
+
+def lifespan_failure(exc: LifespanFailed) -> Failure:
+    """A lifespan startup that failed (Starlette sends the traceback as the message: its last
+    line is the error) or did not finish (`LifespanTimeout`: never a reason to escalate)."""
+    text = str(exc).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    message, traceback = (lines[-1], text) if text.startswith("Traceback") and lines else (
+        text, "")
+    kind = "LifespanTimeout" if exc.timed_out else "LifespanFailed"
+    return Failure(None, None, kind, message, traceback)
 
 
 def adapt_interface(app: Any, interface: str) -> Any:
@@ -389,52 +653,3 @@ def adapt_interface(app: Any, interface: str) -> Any:
     if interface == "wsgi":
         return WSGIMiddleware(app)
     return app
-
-
-def run_dev(options: DevOptions) -> None:
-    """Serve the app until Ctrl+C: reloading in place (`fast`), restarting (`full`) or not."""
-    settings = dict(options.uvicorn)
-    log_config = settings.pop("log_config", None) or uvicorn_log_config(options.log_level)
-    common = dict(host=options.host, port=options.port, log_level=options.log_level,
-                  log_config=log_config)
-    if options.reload == "full":
-        watch = options.watch_spec()
-        os.environ[_CHILD_OPTIONS] = json.dumps(_to_json(options))
-        for key in ("interface", "lifespan"):
-            settings.pop(key, None)
-        uvicorn.run(
-            f"{__name__}:{_full_reload_child.__name__}", factory=True, lifespan="on",
-            reload=True, reload_dirs=[str(d) for d in watch.dirs],
-            reload_includes=list(options.reload_includes) or None,
-            reload_excludes=list(options.reload_excludes) or None,
-            reload_delay=options.reload_delay, **common, **settings,
-        )
-        return
-    session = DevSession(options)
-    config = uvicorn.Config(session.asgi, lifespan="on", interface="asgi3", **common,
-                            **session.uvicorn_settings)
-    try:
-        uvicorn.Server(config).run()
-    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, once it has stopped
-        pass
-
-
-_CHILD_OPTIONS = "FH_UTILS_DEV_CHILD_OPTIONS"
-
-
-def _to_json(options: DevOptions) -> dict[str, Any]:
-    t = options.target
-    return {"target": [t.module, t.attr, t.factory, str(t.app_dir)], "live": options.live,
-            "uvicorn": {k: options.uvicorn.get(k, "auto") for k in ("interface", "lifespan")}}
-
-
-def _full_reload_child() -> Any:
-    """`--reload full`: uvicorn's reloader restarts this process on change; each process
-    serves the app through a session that does not watch (uvicorn's supervisor does)."""
-    data = json.loads(os.environ[_CHILD_OPTIONS])
-    module, attr, factory, app_dir = data["target"]
-    options = DevOptions(
-        target=AppTarget(module, attr, factory, Path(app_dir)),
-        reload="no", live=data["live"], uvicorn=data["uvicorn"],
-    )
-    return DevSession(options).asgi

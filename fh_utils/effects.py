@@ -35,7 +35,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Record", "detached", "install", "install_task_factory", "recording", "uninstall"]
+__all__ = ["Record", "SignalChain", "detached", "install", "install_task_factory", "recording",
+           "uninstall"]
 
 _owner: contextvars.ContextVar[Record | None] = contextvars.ContextVar(
     "fh_utils_effects_owner", default=None
@@ -330,8 +331,61 @@ def _atexit_register(original: Callable[..., Any]) -> Callable[..., Any]:
     return register
 
 
+class SignalChain:
+    """Keep `first` as the handler of `sig`: a handler that code installs later with
+    `signal.signal` runs after it instead of replacing it (Ctrl+C reaches both the server
+    and the app). `close()` puts back the handler that was there before."""
+
+    def __init__(self, sig: int, first: Callable[[int, Any], object]) -> None:
+        self.sig = sig
+        self.first = first
+        self.handlers: list[Callable[[int, Any], object]] = []
+        self._previous = _original(signal, "signal")(sig, self.dispatch)
+        _chains[sig] = self
+
+    def dispatch(self, sig: int, frame: Any) -> None:
+        self.first(sig, frame)
+        for handler in list(self.handlers):
+            try:
+                handler(sig, frame)
+            except Exception:
+                logging.getLogger("fh_utils").exception("The app's handler of signal %d failed",
+                                                        sig)
+
+    def add(self, handler: Callable[[int, Any], object]) -> Any:
+        previous = self.handlers[-1] if self.handlers else self.dispatch
+        self.handlers.append(handler)
+        record = _owner.get()
+        if record is not None:
+            record._add(f"handler for signal {self.sig}", lambda: self._remove(handler),
+                        lambda: self.handlers.append(handler))
+        return previous
+
+    def _remove(self, handler: Callable[[int, Any], object]) -> None:
+        if handler in self.handlers:
+            self.handlers.remove(handler)
+
+    def close(self) -> None:
+        if _chains.get(self.sig) is self:
+            del _chains[self.sig]
+        try:
+            _original(signal, "signal")(self.sig, self._previous)
+        except (ValueError, TypeError):  # not the main thread, or no handler to put back
+            pass
+
+
+_chains: dict[int, SignalChain] = {}
+
+
 def _signal(original: Callable[..., Any]) -> Callable[..., Any]:
     def signal_(signalnum: int, handler: Any) -> Any:
+        chain = _chains.get(signalnum)
+        if chain is not None and signal.getsignal(signalnum) == chain.dispatch:
+            if handler == chain.dispatch:
+                chain.handlers.clear()  # putting back what `signal.signal` returned first
+                return chain.dispatch
+            if callable(handler):
+                return chain.add(handler)
         previous = original(signalnum, handler)
         record = _owner.get()
         if record is not None:

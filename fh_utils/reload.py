@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import importlib
 import inspect
+import logging
 import os
 import sys
 import types
@@ -45,6 +46,8 @@ from fh_utils.graph import GraphState, Listing, ModuleGraph, Resource
 from fh_utils.patch import Patcher
 from fh_utils.target import AppTarget
 from fh_utils.tracking import ProjectFinder, activate, deactivate, track_environ
+
+logger = logging.getLogger("fh_utils")
 
 __all__ = ["AppNotFound", "Batch", "Escalation", "Outcome", "Plan", "Reloader"]
 
@@ -137,7 +140,8 @@ class Reloader:
     """Loads the app's module, then re-executes project modules as their files change.
 
     `ignore(path)` tells paths under the roots that are not part of the project (the
-    `WatchSpec`'s excludes); `env_file` is the file uvicorn loads into `os.environ`.
+    `WatchSpec`'s excludes); `env_file` is uvicorn's `--env-file`, loaded into `os.environ`
+    here (and again, as it changes, on each reload).
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class Reloader:
         self.graph.adopt_loaded()
         outcome = Outcome()
         if self.env is not None:
+            logger.info("Loading environment from '%s'", display_path(self.env.path))
             self.env.load()
             track_environ(True)
             if not self.graph.is_project_file(self.env.path):

@@ -41,6 +41,10 @@ CLOSE_CODE = 1012  # WebSocket "service restart": browsers and htmx reconnect
 class LifespanFailed(Exception):
     """An app's lifespan startup failed, timed out or was cancelled; the message says which."""
 
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out  # it did not fail: it did not finish, or a save cut it short
+
 
 class StartupAbort(Exception):
     """The session cannot start (the user named an app that is not there): exit, no traceback."""
@@ -324,6 +328,10 @@ class Switch:
         if generation is not self.current:
             await generation.shutdown(self.timeouts.lifespan)
 
+    def generations(self) -> list[Generation]:
+        """The current generation and those retiring."""
+        return [g for g in (self.current, *self._retiring) if g is not None]
+
     def fail(self, failure: Failure) -> None:
         """Record why no app is serving; requests get an error page until a swap."""
         self.failure = failure
@@ -332,8 +340,7 @@ class Switch:
         """Server shutdown: end every connection, shut down the current app and any retiring."""
         self._closing = True
         self._open.set()
-        generations = [g for g in (self.current, *self._retiring) if g is not None]
-        for generation in generations:
+        for generation in self.generations():
             await generation.close_connections()
         for task in self._retiring.values():
             task.cancel()
@@ -483,7 +490,7 @@ class _Lifespan:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, 1.0)
-        raise LifespanFailed(f"lifespan {step} cancelled: {why}")
+        raise LifespanFailed(f"lifespan {step} cancelled: {why}", timed_out=True)
 
     async def _run(self, scope: Scope) -> None:
         try:

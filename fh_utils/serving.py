@@ -21,7 +21,7 @@ _serving = False  # one server per process: a reloaded module calling serve() ag
 def serve(
     appname: str | None = None,
     app: str = "app",
-    host: str = "0.0.0.0",
+    host: str | None = None,
     port: int | None = None,
     reload: bool = True,
     reload_includes: Sequence[str] | str | None = None,
@@ -39,8 +39,10 @@ def serve(
     once, and every reload re-executes `app.py` as `app`.
 
     `reload=False` serves without watching; `live=True` refreshes open pages after each reload.
-    `port` defaults to `$PORT` or 5001, `host` to FastHTML's `0.0.0.0`; other keyword
-    arguments go to `uvicorn.Config` (`root_path`, `ssl_keyfile`, `log_level`, ...).
+    `port` defaults to `$PORT` or 5001. `host` defaults to 127.0.0.1, not FastHTML's
+    `0.0.0.0`: a dev server shows tracebacks and source, so it serves this machine only unless
+    you pass `host="0.0.0.0"`. Other keyword arguments go to `uvicorn.Config` (`root_path`,
+    `ssl_keyfile`, `log_level`, ...).
     """
     global _serving
     caller = sys._getframe(1).f_globals
@@ -56,8 +58,9 @@ def serve(
         return
     _serving = True
 
-    from fh_utils.dev import DevOptions, run_dev  # imports IPython: only when serving
-    from fh_utils.target import AppTarget, resolve_target
+    from fh_utils.dev import DevOptions  # imports IPython: only when serving
+    from fh_utils.runner import run_dev
+    from fh_utils.target import AppTarget, TargetError, resolve_target
 
     if procs not in (None, 1):
         logger.warning("serve(procs=%s) is not supported in dev mode: serving one process "
@@ -67,14 +70,24 @@ def serve(
         directory = Path(file).resolve().parent if file else Path.cwd()
         target = AppTarget(module=appname, attr=app, app_dir=directory)
     elif file:
-        target = resolve_target(file, app)
+        try:
+            target = resolve_target(file, app)
+        except TargetError as exc:
+            raise SystemExit(f"fh_utils.serve(): {exc}") from None
     else:
         raise RuntimeError("serve() cannot tell which module to serve: pass appname=")
     if target.module not in sys.modules and main.__name__ == "__main__":
         _adopt(main, target.module)
+    notes: tuple[str, ...] = ()
+    if host is None:
+        host = "127.0.0.1"
+        notes = ("serve(): serving this machine only (127.0.0.1); pass host='0.0.0.0' to "
+                 "serve the network",)
     options = DevOptions(
+        notes=notes,
         target=target,
         host=host,
+        project_loaded=True,  # the script ran: the zygote must be a fresh interpreter
         port=port or int(os.getenv("PORT", "5001")),
         log_level=kwargs.pop("log_level", "info"),
         reload="fast" if reload else "no",

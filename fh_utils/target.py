@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["AppTarget", "TargetError", "resolve_target"]
+
+# What importlib can import by name: an identifier, or a file name with dashes in it
+# (`counter-uuid.py`, as uvicorn and FastHTML's serve() accept).
+_MODULE_PART = re.compile(r"[^\W\d][\w-]*\Z")
 
 
 class TargetError(ValueError):
@@ -45,7 +50,7 @@ def resolve_target(
     module, colon, name = spec.partition(":")
     if colon and not name:
         raise TargetError(f"{spec!r}: expected 'module:attribute', the attribute is missing")
-    if not module or not all(part.isidentifier() for part in module.split(".")):
+    if not module or not all(_MODULE_PART.match(part) for part in module.split(".")):
         raise TargetError(
             f"{spec!r} is neither a Python file nor an import string like 'package.module:app'"
         )
@@ -70,7 +75,7 @@ def _from_file(path: Path, attr: str, factory: bool) -> AppTarget:
     while (directory / "__init__.py").is_file():
         parts.insert(0, directory.name)
         directory = directory.parent
-    if not parts or not all(p.isidentifier() for p in parts):
+    if not parts or not all(_MODULE_PART.match(p) for p in parts):
         raise TargetError(f"{path} cannot be imported: {'.'.join(parts)!r} is not a module name")
     return AppTarget(
         module=".".join(parts), attr=attr, factory=factory, app_dir=directory, file=path

@@ -139,6 +139,34 @@ class User(Base):
 """
 
 
+@pytest.mark.timeout(60)
+def test_sqlalchemy_declarative_column_added(tmp_path, serve):
+    """A cold start serves the users table's columns as models.py now declares them."""
+    write(tmp_path / "db.py", """
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import DeclarativeBase
+
+        engine = create_engine("sqlite://")
+
+        class Base(DeclarativeBase):
+            pass
+    """)
+    write(tmp_path / "models.py", USER.format(extra=""))
+    starlette_app(tmp_path, "import db\nimport models\nLABEL = 'one'", """
+columns = sorted(c.name for c in db.Base.metadata.tables["users"].columns)
+return PlainTextResponse(LABEL + ": " + " ".join(columns))
+""")
+    server = serve("app.py")
+    assert server.get().text == "one: id name"
+
+    save(server, tmp_path / "models.py", USER.format(extra="    email: Mapped[str]"), "email")
+    assert_matches_cold(server, tmp_path)
+
+    app = tmp_path / "app.py"
+    save(server, app, app.read_text().replace("'one'", "'two'"), "two:")
+    assert_matches_cold(server, tmp_path)
+
+
 HERO = """
 from sqlmodel import Field, SQLModel
 
@@ -147,6 +175,25 @@ class Hero(SQLModel, table=True):
     name: str
 {extra}
 """
+
+
+@pytest.mark.timeout(60)
+def test_sqlmodel_field_added(tmp_path, serve):
+    """A cold start serves the hero table's columns as models.py now declares them."""
+    write(tmp_path / "models.py", HERO.format(extra=""))
+    starlette_app(tmp_path, "from sqlmodel import SQLModel\nimport models\nLABEL = 'one'", """
+columns = sorted(c.name for c in SQLModel.metadata.tables["hero"].columns)
+return PlainTextResponse(LABEL + ": " + " ".join(columns))
+""")
+    server = serve("app.py")
+    assert server.get().text == "one: id name"
+
+    save(server, tmp_path / "models.py", HERO.format(extra="    age: int | None = None"), "age")
+    assert_matches_cold(server, tmp_path)
+
+    app = tmp_path / "app.py"
+    save(server, app, app.read_text().replace("'one'", "'two'"), "two:")
+    assert_matches_cold(server, tmp_path)
 
 
 # --- 3: logging configured at import ---------------------------------------------------------
@@ -210,6 +257,31 @@ THREAD_BODY = """
 alive = sum(t.name == "poller" and t.is_alive() for t in threading.enumerate())
 return PlainTextResponse(f"rate={worker.RATE} pollers={alive}")
 """
+
+
+@pytest.mark.timeout(60)
+def test_thread_started_at_import(tmp_path, serve):
+    """A cold start has exactly one "poller" thread alive."""
+    worker = """
+        import threading
+        import time
+
+        RATE = {n}
+
+        def loop():
+            while True:
+                time.sleep(0.05)
+
+        threading.Thread(target=loop, daemon=True, name="poller").start()
+    """
+    write(tmp_path / "worker.py", worker.format(n=1))
+    starlette_app(tmp_path, THREAD_IMPORTS, THREAD_BODY)
+    server = serve("app.py")
+    assert server.get().text == "rate=1 pollers=1"
+
+    for n in (2, 3):
+        save(server, tmp_path / "worker.py", worker.format(n=n), f"rate={n} ")
+    assert_matches_cold(server, tmp_path)
 
 
 @pytest.mark.timeout(60)

@@ -85,3 +85,25 @@ def test_serve_reload_false_does_not_watch(tmp_path, serve):
     assert "static w" in fixed.get().text  # ...but not by serve(reload=False)
     assert "Will watch" not in fixed.log
     wait_until(lambda: fixed.proc.poll() is None, 1, "the server to keep running")
+
+
+def test_dashed_file_names_are_served_by_dev_and_by_serve(tmp_path, serve):
+    page = """
+        from starlette.responses import PlainTextResponse
+        from fh_utils import serve
+
+        async def app(scope, receive, send):
+            await PlainTextResponse("{text}")(scope, receive, send)
+
+        serve()
+    """
+    write(tmp_path / "counter-uuid.py", page.format(text="dashed one"))
+    dev = serve("counter-uuid.py")
+    assert dev.get().text == "dashed one"
+    script = serve("counter-uuid.py", command=None)
+    assert script.get().text == "dashed one"
+    assert "serving this machine only (127.0.0.1)" in script.log
+    write(tmp_path / "counter-uuid.py", page.format(text="dashed two"))
+    dev.wait_text("dashed two")
+    script.wait_text("dashed two")
+    assert "Reloaded counter-uuid.py in" in dev.log

@@ -1,0 +1,216 @@
+"""The processes of `fh_utils dev`: the first server, the zygote, and the workers it forks.
+
+`run_dev` binds the listening socket itself, starts the zygote (`fh_utils.zygote`) with it,
+and serves the app in this process. When a reload needs a new process, a worker forked from
+the zygote takes over the same socket (`worker_main`) and this process steps down: it then
+replaces itself (`exec`) with a small supervisor that only waits for Ctrl+C, so nothing of the
+old app stays in memory. `--reload full` is uvicorn's own reloader; `--reload no` and
+`--no-escalate` serve in this process only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import uvicorn
+from uvicorn.server import HANDLED_SIGNALS
+
+from fh_utils import effects, zygote
+from fh_utils.channel import Channel
+from fh_utils.dev import DevOptions, DevSession, uvicorn_log_config
+from fh_utils.target import AppTarget
+
+__all__ = ["DevServer", "run_dev", "worker_main"]
+
+logger = logging.getLogger("fh_utils")
+
+
+class DevServer(uvicorn.Server):
+    """uvicorn's server, with the session told when it serves and before it shuts down.
+
+    Signals: uvicorn installs its handler before the app is imported, so an app that replaces
+    it (FastHTML's `signal_shutdown()` patches `Server.handle_exit`; others call
+    `signal.signal`) would never be heard, or uvicorn would not. Here the handler looks
+    `handle_exit` up when the signal arrives, and also calls the handlers the app installed
+    with `signal.signal` since. A second Ctrl+C exits at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, session: DevSession) -> None:
+        super().__init__(config)
+        self.session = session
+        session.server = self
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            await self.session.serving()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await self.session.before_shutdown()
+        except Exception:
+            logger.exception("Closing connections before shutdown failed")
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        chains = {sig: effects.SignalChain(sig, self._on_signal) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for chain in chains.values():
+                chain.close()
+        for captured in reversed(self._captured_signals):
+            signal.raise_signal(captured)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGINT and self.should_exit and self.session.shutting_down:
+            os._exit(130)  # a second Ctrl+C: no more waiting
+        type(self).handle_exit(self, sig, frame)  # the current one, patched or not
+
+
+def run_dev(options: DevOptions) -> None:
+    """Serve the app until Ctrl+C: reloading in place (`fast`), restarting (`full`) or not."""
+    settings = dict(options.uvicorn)
+    log_config = settings.pop("log_config", None) or uvicorn_log_config(options.log_level)
+    common = dict(host=options.host, port=options.port, log_level=options.log_level,
+                  log_config=log_config)
+    if options.reload == "full":
+        _run_full(options, settings, common)
+        return
+    session = DevSession(options)
+    config = uvicorn.Config(session.asgi, lifespan="on", interface="asgi3", **common,
+                            **session.uvicorn_settings)
+    sockets: list[socket.socket] | None = None
+    if options.reload == "fast" and options.escalate and zygote.available():
+        listener = config.bind_socket()
+        listener.listen(config.backlog)  # connections queue from now on, whoever serves
+        sockets = [listener]
+        try:
+            session.zygote = zygote.start(
+                listener, spawn=options.project_loaded,
+                log_config=log_config if isinstance(log_config, dict) else None,
+                worker=worker_main)
+        except OSError as exc:
+            logger.warning("Could not start the zygote process (%s): reloads that need a new "
+                           "process will ask for a restart", exc)
+    server = DevServer(config, session)
+    try:
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, once it has stopped
+        pass
+    finally:
+        if session.retiring and session.zygote is not None:
+            _become_supervisor(session.zygote)
+        if session.zygote is not None:
+            session.zygote.stop()
+
+
+def worker_main(start: Any, link: socket.socket | None, zygote_sock: socket.socket,
+                listener: socket.socket) -> int:
+    """A worker forked by the zygote: load the app, and serve it once told to (or at once,
+    replacing a worker that died). Returns the exit code."""
+    options, _role = start
+    assert isinstance(options, DevOptions)
+    log_config = uvicorn_log_config(options.log_level)
+    log_config["loggers"]["uvicorn.error"]["level"] = "WARNING"  # one server, one start-up log
+    settings = dict(options.uvicorn)
+    settings.pop("log_config", None)
+    session = DevSession(options, zygote=zygote.Zygote(zygote_sock),
+                         link=Channel(link) if link is not None else None)
+    config = uvicorn.Config(session.asgi, lifespan="on", interface="asgi3", host=options.host,
+                            port=options.port, log_level=options.log_level,
+                            log_config=log_config, **session.uvicorn_settings)
+    server = DevServer(config, session)
+
+    async def main() -> None:
+        _exit_with(zygote_sock, server)
+        if session.link is not None and not await session.prepare():
+            return
+        await server.serve(sockets=[listener])
+
+    try:
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _exit_with(sock: socket.socket, server: uvicorn.Server) -> None:
+    """Stop serving when the zygote goes away (the session ended, however abruptly)."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        try:
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(sock.fileno())
+            server.should_exit = True
+
+    loop.add_reader(sock.fileno(), readable)
+
+
+def _become_supervisor(handle: zygote.Zygote) -> NoReturn:
+    """This process stepped down: become a small process that waits for Ctrl+C (and keeps the
+    terminal's job alive), with none of the old app in memory."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    handle.sock.set_inheritable(True)
+    spec = {"supervise": handle.sock.fileno(), "pid": handle.pid}
+    os.execv(sys.executable, [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)])
+
+
+_CHILD_OPTIONS = "FH_UTILS_DEV_CHILD_OPTIONS"
+
+
+def _run_full(options: DevOptions, settings: dict[str, Any], common: dict[str, Any]) -> None:
+    watch = options.watch_spec()
+    os.environ[_CHILD_OPTIONS] = json.dumps(_to_json(options))
+    for key in ("interface", "lifespan"):
+        settings.pop(key, None)
+    uvicorn.run(
+        f"{__name__}:{_full_reload_child.__name__}", factory=True, lifespan="on",
+        reload=True, reload_dirs=[str(d) for d in watch.dirs],
+        reload_includes=list(options.reload_includes) or None,
+        reload_excludes=list(options.reload_excludes) or None,
+        reload_delay=options.reload_delay, **common, **settings,
+    )
+
+
+def _to_json(options: DevOptions) -> dict[str, Any]:
+    t = options.target
+    return {"target": [t.module, t.attr, t.factory, str(t.app_dir)], "live": options.live,
+            "allowed_hosts": list(options.allowed_hosts), "host": options.host,
+            "uvicorn": {k: options.uvicorn.get(k, "auto") for k in ("interface", "lifespan")}}
+
+
+def _full_reload_child() -> Any:
+    """`--reload full`: uvicorn's reloader restarts this process on change; each process
+    serves the app through a session that does not watch (uvicorn's supervisor does)."""
+    data = json.loads(os.environ[_CHILD_OPTIONS])
+    module, attr, factory, app_dir = data["target"]
+    options = DevOptions(
+        target=AppTarget(module, attr, factory, Path(app_dir)), host=data["host"],
+        reload="no", live=data["live"], uvicorn=data["uvicorn"],
+        allowed_hosts=data["allowed_hosts"],
+    )
+    return DevSession(options).asgi

@@ -1,0 +1,346 @@
+"""The zygote: a pristine process that imports the installed packages once and forks workers.
+
+The third tier of reloading restarts the worker process with the listening socket kept open.
+To make that cost only the project's own imports, a zygote process holds the listening socket
+and the installed packages the app uses, imported once (`preload`), and never imports the
+project. A worker that needs a successor asks it to `fork`: the child gets the socket, a
+channel to the worker that asked (which tells it what to serve and when to start), and a
+channel back to the zygote (to ask for its own successor one day).
+
+`fh_utils dev` forks the zygote from its own process before the app is imported; `python
+app.py` (`fh_utils.serve()`), whose process already ran the app, spawns a fresh interpreter.
+The zygote ignores Ctrl+C and ends when the process that started it ends, stopping its workers
+first. If the worker that serves dies unexpectedly, the zygote starts a new one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from fh_utils import channel
+
+__all__ = ["Zygote", "available", "start"]
+
+logger = logging.getLogger("fh_utils")
+
+STOP_TIMEOUT = 1.0  # how long workers get to exit when the session ends
+
+
+def available() -> bool:
+    """Whether this platform can fork workers (tier 3 needs `os.fork`)."""
+    return hasattr(os, "fork") and hasattr(socket, "send_fds")
+
+
+class Zygote:
+    """A handle on the zygote: ask it to preload modules or to fork a worker."""
+
+    def __init__(self, sock: socket.socket, pid: int | None = None) -> None:
+        self.sock = sock
+        self.pid = pid  # set in the process that started it (its parent)
+        self._lock = threading.Lock()
+
+    def preload(self, modules: Sequence[str], sys_path: Sequence[str], env_file: str | None
+                ) -> None:
+        """Import these installed modules in the zygote (in the background: it returns)."""
+        with self._lock:
+            channel.send(self.sock, ("preload", list(modules), list(sys_path), env_file))
+
+    def fork(self, start: Any) -> socket.socket:
+        """A new worker; returns the socket to talk to it. `start` is what it will serve
+        (pickled; also what the zygote restarts with if that worker dies)."""
+        ours, theirs = socket.socketpair()
+        try:
+            with self._lock:
+                channel.send(self.sock, ("fork", pickle.dumps(start)), [theirs.fileno()])
+        finally:
+            theirs.close()
+        return ours
+
+    def serving(self) -> None:
+        """This worker now serves: restart it if it dies."""
+        with self._lock:
+            channel.send(self.sock, ("serving",))
+
+    def retiring(self) -> None:
+        """This worker is stepping down on purpose."""
+        with self._lock:
+            channel.send(self.sock, ("retiring",))
+
+    def stop(self, timeout: float = STOP_TIMEOUT + 1.0) -> None:
+        """Close the channel: the zygote stops its workers and exits (waited for if ours)."""
+        self.sock.close()
+        if self.pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                done, _ = os.waitpid(self.pid, os.WNOHANG)
+                if done:
+                    return
+                time.sleep(0.01)
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ChildProcessError, ProcessLookupError):  # already gone
+            pass
+
+
+def start(listener: socket.socket, *, spawn: bool, log_config: dict[str, Any] | None,
+          worker: Callable[[Any, socket.socket, socket.socket, socket.socket], int]
+          ) -> Zygote:
+    """Start the zygote with `listener`. Forked from this process (which must not have
+    imported the project yet), or with `spawn` a fresh interpreter."""
+    ours, theirs = socket.socketpair()
+    if spawn:
+        theirs.set_inheritable(True)
+        listener.set_inheritable(True)
+        spec = {"control": theirs.fileno(), "listener": listener.fileno(),
+                "log_config": log_config}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)],
+            pass_fds=(theirs.fileno(), listener.fileno()), stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        return Zygote(ours, process.pid)
+    pid = os.fork()
+    if pid == 0:  # the zygote
+        code = 1
+        try:
+            ours.close()
+            _Zygote(theirs, listener, worker).run()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    theirs.close()
+    return Zygote(ours, pid)
+
+
+@dataclass
+class _Child:
+    link: socket.socket  # the zygote's end of the child's channel
+    start: bytes
+    serving: bool = False
+    retiring: bool = False
+
+
+class _Zygote:
+    """The zygote's loop: preload, fork on request, reap, replace a worker that died."""
+
+    def __init__(self, control: socket.socket, listener: socket.socket,
+                 worker: Callable[[Any, socket.socket, socket.socket, socket.socket], int] | None
+                 ) -> None:
+        self.control = control
+        self.listener = listener
+        self.worker = worker
+        self.children: dict[int, _Child] = {}
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(control, selectors.EVENT_READ)
+        self.excluded: set[str] = set()
+        self.environ = dict(os.environ)  # before the env file: each worker starts from it
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the main process's business
+        signal.signal(signal.SIGTERM, lambda *_: self._stop_and_exit())
+        while True:
+            self._poll(0.5)
+            self._reap()
+
+    def _poll(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                received = channel.recv(sock)
+            except (OSError, EOFError):
+                received = None
+            if received is None:
+                if sock is self.control:
+                    self._stop_and_exit()
+                self.selector.unregister(sock)
+                continue
+            message, fds = received
+            self._handle(sock, message, fds)
+
+    def _handle(self, sock: socket.socket, message: Any, fds: list[int]) -> None:
+        kind = message[0]
+        if kind == "fork" and fds:
+            self._fork(socket.socket(fileno=fds[0]), message[1])
+        elif kind == "preload" and sock is self.control:
+            self._preload(*message[1:])
+        elif kind in ("serving", "retiring"):
+            for child in self.children.values():
+                if child.link is sock:
+                    setattr(child, kind, True)
+
+    def _fork(self, link: socket.socket | None, start: bytes) -> None:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # a worker
+            code = 1
+            try:
+                ours.close()
+                self._become_worker()
+                if self.worker is None:
+                    from fh_utils.dev import worker_main
+
+                    self.worker = worker_main
+                code = self.worker(pickle.loads(start), link, theirs, self.listener)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        if link is not None:
+            link.close()
+        self.children[pid] = _Child(ours, start)
+        self.selector.register(ours, selectors.EVENT_READ)
+
+    def _become_worker(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        if os.environ != self.environ:  # the worker loads the env file as it is now
+            os.environ.clear()
+            os.environ.update(self.environ)
+        self.selector.close()
+        self.control.close()
+        for child in self.children.values():
+            child.link.close()
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            with _quiet():
+                self.selector.unregister(child.link)
+            child.link.close()
+            if child.serving and not child.retiring:
+                code = os.waitstatus_to_exitcode(status)
+                logger.error("The worker process [%d] exited unexpectedly (%s): starting a "
+                             "new one", pid, f"code {code}" if code >= 0 else f"signal {-code}")
+                self._fork(None, child.start)
+
+    def _preload(self, modules: list[str], sys_path: list[str], env_file: str | None) -> None:
+        sys.path[:] = sys_path
+        if env_file:
+            from fh_utils.envfile import EnvFile
+
+            with _quiet():
+                EnvFile(env_file).load()
+        threads = threading.active_count()
+        for name in modules:
+            if name in sys.modules or name in self.excluded:
+                continue
+            self._poll(0)  # a fork request does not wait for the preload
+            with _quiet():
+                importlib.import_module(name)
+            if threading.active_count() > threads:
+                # Forking now could copy a lock that thread holds: stop here, and start over
+                # fresh without that module if no worker depends on this process yet.
+                self.excluded.add(name)
+                if not self.children:
+                    self._exec_fresh(modules, sys_path, env_file)
+                return
+
+    def _exec_fresh(self, modules: list[str], sys_path: list[str], env_file: str | None
+                    ) -> NoReturn:
+        self.control.set_inheritable(True)
+        self.listener.set_inheritable(True)
+        spec = {"control": self.control.fileno(), "listener": self.listener.fileno(),
+                "excluded": sorted(self.excluded),
+                "preload": [modules, sys_path, env_file]}
+        os.execve(sys.executable, [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)],
+                  self.environ)
+
+    def _stop_and_exit(self) -> NoReturn:
+        for pid in list(self.children):
+            with _quiet():
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self.children and time.monotonic() < deadline:
+            self._reap_quietly()
+            time.sleep(0.01)
+        for pid in list(self.children):
+            with _quiet():
+                os.kill(pid, signal.SIGKILL)
+        self._reap_quietly()
+        os._exit(0)
+
+    def _reap_quietly(self) -> None:
+        for pid in list(self.children):
+            with _quiet():
+                done, _ = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    del self.children[pid]
+
+
+class _quiet:  # noqa: N801
+    """Suppress and forget any exception (a preload that fails, a process already gone)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+def _supervise(control: socket.socket, pid: int) -> None:
+    """What the first server becomes once a worker took over: wait for Ctrl+C (or for the
+    zygote to end), then end the session: closing the channel stops the zygote and workers."""
+
+    def stop(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        os.waitpid(pid, 0)
+    except SystemExit:
+        pass
+    control.close()
+    Zygote(socket.socket(), pid).stop()
+
+
+def _main() -> None:
+    """`python -m fh_utils.zygote SPEC`: a spawned (or fresh) zygote, or a supervisor."""
+    spec = json.loads(sys.argv[1])
+    if "supervise" in spec:
+        _supervise(socket.socket(fileno=spec["supervise"]), spec["pid"])
+        return
+    if spec.get("log_config"):
+        import logging.config
+
+        logging.config.dictConfig(spec["log_config"])
+    control = socket.socket(fileno=spec["control"])
+    listener = socket.socket(fileno=spec["listener"])
+    zygote = _Zygote(control, listener, None)
+    zygote.excluded = set(spec.get("excluded", ()))
+    if spec.get("preload"):
+        zygote._preload(*spec["preload"])
+    zygote.run()
+
+
+if __name__ == "__main__":
+    _main()
