@@ -105,9 +105,10 @@ def no_reload(obj: T) -> T:
         raise TypeError(f"@no_reload expects a function or a class, not {obj!r}")
     if not _active(obj.__module__):
         return obj
+    qualname: str = getattr(obj, "__qualname__", "?")
     if getattr(obj, "_fh_utils_cache", False):
         raise TypeError(
-            f"@no_reload above @no_reload_cache on {obj.__qualname__}(): put @no_reload below it"
+            f"@no_reload above @no_reload_cache on {qualname}(): put @no_reload below it"
         )
     key = _registry_key("pin", obj)
     if key is None:
@@ -272,9 +273,10 @@ class Engine:
     def rename_module(self, old: str, new: str) -> None:
         """The module registered as `old` is now imported as `new` (`serve()` from `__main__`)."""
         with _lock:
-            for registry in (_entries, _pins):
-                for key in [k for k in registry if k[0] == old]:
-                    registry[(new, *key[1:])] = registry.pop(key)  # type: ignore[index]
+            for key in [k for k in _entries if k[0] == old]:
+                _entries[(new, key[1], key[2])] = _entries.pop(key)
+            for key in [k for k in _pins if k[0] == old]:
+                _pins[(new, key[1], key[2])] = _pins.pop(key)
             if old in _callbacks:
                 _callbacks[new] = _callbacks.pop(old)
             if old in _occurrences:
@@ -388,7 +390,7 @@ def _module_ref(name: str) -> Callable[[], Any]:
     """A weak reference to the module object now in sys.modules under `name` (or to None)."""
     module = sys.modules.get(name)
     try:
-        return weakref.ref(module)  # type: ignore[arg-type]
+        return weakref.ref(module)
     except TypeError:  # None, or an object that takes no weak reference
         return lambda: module
 
@@ -441,12 +443,13 @@ def _call(entry: _Entry, version: _Version, args: tuple[Any, ...], kwargs: dict[
             entry.values.move_to_end(key)
             entry.hits += 1
             return entry.values[key]
-        call = entry.pending.get(key)
-        owner = call is None
-        if owner:
+        waiting = entry.pending.get(key)
+        owner = waiting is None
+        if waiting is None:
             call = entry.pending[key] = _Call()
             entry.misses += 1
         else:
+            call = waiting
             entry.hits += 1
     if not owner:
         if call.thread == threading.get_ident():
@@ -484,7 +487,8 @@ def _call(entry: _Entry, version: _Version, args: tuple[Any, ...], kwargs: dict[
 
 def _make_key(args: tuple[Any, ...], kwargs: dict[str, Any], typed: bool) -> Hashable:
     if not kwargs and not typed and len(args) == 1 and type(args[0]) in (int, str):
-        return args[0]  # as lru_cache does, so f(1) and f(1.0) are different keys there too
+        single: Hashable = args[0]  # as lru_cache does: f(1) and f(1.0) are different keys
+        return single
     key = args
     if kwargs:
         key += (_KWARGS, *kwargs.items())

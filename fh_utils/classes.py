@@ -27,7 +27,7 @@ import contextlib
 import enum
 import types
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["ClassKeeper"]
 
@@ -74,11 +74,11 @@ class ClassKeeper:
                 return new
             return self._adopt(old, new)
 
-        builtins.__build_class__ = __build_class__
+        setattr(builtins, "__build_class__", __build_class__)  # noqa: B010
         try:
             yield
         finally:
-            builtins.__build_class__ = original
+            setattr(builtins, "__build_class__", original)  # noqa: B010
 
     def rollback(self) -> None:
         """Put every kept class back as it was before the batch."""
@@ -116,7 +116,7 @@ class ClassKeeper:
                 self.members.append((before, value))
         _repoint_class_cells(new, old)
         if isinstance(old, abc.ABCMeta):
-            abc.update_abstractmethods(old)
+            abc.update_abstractmethods(cast("type[Any]", old))
             old._abc_caches_clear()  # type: ignore[attr-defined]
         self.kept += 1
         return old

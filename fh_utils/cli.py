@@ -175,7 +175,7 @@ def main() -> None:
               "'.example.com' for a domain and its subdomains; '*' for any). localhost and IP "
               "addresses are always accepted (repeatable).")
 @click.pass_context
-def dev(ctx: click.Context, **values: Any) -> None:
+def dev(ctx: click.Context, /, **values: Any) -> None:
     """Serve PATH (app.py, src/pkg/app.py or module:attr), reloading edits in place."""
     _refuse(ctx, DEV_REFUSED, values)
     if values["reload"] != "full" and ctx.get_parameter_source("reload_delay") in (
@@ -216,7 +216,7 @@ def dev(ctx: click.Context, **values: Any) -> None:
 @click.option("--live", is_flag=True, hidden=True)
 @click.option("--clear", is_flag=True, hidden=True)
 @click.pass_context
-def run(ctx: click.Context, **values: Any) -> None:
+def run(ctx: click.Context, /, **values: Any) -> None:
     """Serve PATH in production: plain uvicorn, no watcher, no reload machinery."""
     _refuse(ctx, RUN_REFUSED, values)
     target = _target(values)

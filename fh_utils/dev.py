@@ -17,8 +17,8 @@ from typing import Any, Literal, Protocol
 
 import uvicorn
 import watchfiles
+from uvicorn.middleware import wsgi
 from uvicorn.middleware.asgi2 import ASGI2Middleware
-from uvicorn.middleware.wsgi import WSGIMiddleware
 
 from fh_utils import effects
 from fh_utils.channel import Channel
@@ -32,6 +32,8 @@ from fh_utils.watch import WatchSpec
 from fh_utils.zygote import Zygote
 
 __all__ = ["DevListener", "DevOptions", "DevSession", "uvicorn_log_config"]
+
+_WSGIMiddleware: Any = getattr(wsgi, "WSGIMiddleware")  # noqa: B009  # uvicorn's, or a2wsgi's
 
 logger = logging.getLogger("fh_utils")
 
@@ -587,11 +589,11 @@ def _held_warnings() -> Iterator[_HeldWarnings]:
     def hold(*args: Any) -> None:
         held.append(args)
 
-    warnings.showwarning = hold
+    setattr(warnings, "showwarning", hold)  # noqa: B010
     try:
         yield held
     finally:
-        warnings.showwarning = original
+        setattr(warnings, "showwarning", original)  # noqa: B010
 
 
 def _short(message: str) -> str:
@@ -651,5 +653,5 @@ def adapt_interface(app: Any, interface: str) -> Any:
     if interface == "asgi2":
         return ASGI2Middleware(app)
     if interface == "wsgi":
-        return WSGIMiddleware(app)
+        return _WSGIMiddleware(app)
     return app

@@ -31,12 +31,12 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-__all__ = ["Record", "SignalChain", "detached", "install", "install_task_factory", "recording",
-           "uninstall"]
+__all__ = ["Record", "SignalChain", "adopt_threads", "detached", "install",
+           "install_task_factory", "recording", "uninstall"]
 
 _owner: contextvars.ContextVar[Record | None] = contextvars.ContextVar(
     "fh_utils_effects_owner", default=None
@@ -130,6 +130,22 @@ class Record:
             _diff_list(self, name, old, current)
 
 
+def adopt_threads(records: dict[str, Record]) -> None:
+    """Modules that ran before recording began (the script behind `python app.py`): give
+    each the live threads whose code it defines (`target`, or a `Thread` subclass's `run`),
+    keyed by the module's file."""
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or _pool_thread(thread):
+            continue
+        code = getattr(getattr(thread, "_target", None), "__code__", None)
+        if code is None:
+            run = type(thread).run
+            code = None if run is threading.Thread.run else getattr(run, "__code__", None)
+        record = records.get(getattr(code, "co_filename", ""))
+        if record is not None:
+            record._threads.append(weakref.ref(thread))
+
+
 # -- attributing effects to a run --------------------------------------------------------------
 
 
@@ -207,8 +223,7 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
     if getattr(previous, "_fh_utils", False):
         return
 
-    def factory(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
-                **kwargs: Any) -> asyncio.Future[Any]:
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
         if previous is not None:
             task = previous(loop, coro, **kwargs)
         else:
@@ -425,7 +440,7 @@ def _pool_thread(thread: threading.Thread) -> bool:
 
 
 def _live_lists() -> tuple[list[Any], ...]:
-    return sys.path, sys.meta_path, warnings.filters  # type: ignore[attr-defined]
+    return sys.path, cast("list[Any]", sys.meta_path), cast("list[Any]", warnings.filters)
 
 
 def _snapshot_lists() -> tuple[list[Any], ...]:

@@ -55,6 +55,6 @@ class EnvFile:
 
         if not self.path.is_file():
             return {}
-        kept = getattr(self, "_kept", set())
+        kept: set[str] = getattr(self, "_kept", set())
         return {k: v for k, v in dotenv_values(self.path).items()
                 if v is not None and k not in kept}

@@ -57,8 +57,8 @@ def describe(exc: BaseException, is_project_file: Callable[[Path], bool]) -> Fai
     else:
         frames = list(te.stack)
         project = [f for f in frames if is_project_file(Path(f.filename))]
-        frame = (project or frames or [None])[-1]
-        if frame is not None:
+        if project or frames:
+            frame = (project or frames)[-1]
             file, line = frame.filename, frame.lineno
     message = str(exc) if not isinstance(exc, SyntaxError) else (exc.msg or str(exc))
     return Failure(

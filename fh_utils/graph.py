@@ -21,7 +21,7 @@ import sys
 import sysconfig
 import threading
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -378,14 +378,21 @@ class ModuleGraph:
     def ordered(self, names: Iterable[str]) -> list[str]:
         """Dependencies first; cycles (a package and its submodules) in first-load order."""
         wanted = set(names)
-        key = self._order.get
+        order = self._order
+
+        def key(name: str) -> int:
+            return order.get(name, 0)
+
+        def deps_of(name: str) -> Iterator[str]:
+            return iter(sorted(self.imports.get(name, set()) & wanted, key=key))
+
         result: list[str] = []
         state: dict[str, int] = {}  # 1 = on the path, 2 = emitted
-        for root in sorted(wanted, key=lambda n: key(n, 0)):
+        for root in sorted(wanted, key=key):
             if root in state:
                 continue
             state[root] = 1
-            stack = [(root, iter(sorted(self.imports.get(root, ()) & wanted, key=key)))]
+            stack = [(root, deps_of(root))]
             while stack:
                 name, deps = stack[-1]
                 dep = next(deps, None)
@@ -395,7 +402,7 @@ class ModuleGraph:
                     result.append(name)
                 elif dep not in state:
                     state[dep] = 1
-                    stack.append((dep, iter(sorted(self.imports.get(dep, ()) & wanted, key=key))))
+                    stack.append((dep, deps_of(dep)))
         return result
 
 

@@ -190,7 +190,7 @@ def same_origin(scope: Scope) -> bool:
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
-            return value.decode("latin-1")
+            return str(value.decode("latin-1"))
     return None
 
 
@@ -218,7 +218,8 @@ class LiveReloadMiddleware:
 
 
 def _route_path(scope: Scope) -> str:
-    path, root = scope.get("path", ""), scope.get("root_path", "")
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
     return path[len(root):] if root and path.startswith(root) else path
 
 

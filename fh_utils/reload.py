@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from IPython.extensions.autoreload import superreload
+from IPython.extensions import autoreload
 
 from fh_utils import effects
 from fh_utils.cache import engine as cache_engine
@@ -58,6 +58,7 @@ _RESTART_FILES = frozenset(
     {"pyproject.toml", "setup.cfg", "Pipfile", "Pipfile.lock", "poetry.lock", "uv.lock"}
 )
 _EXTENSION_SUFFIXES = (".so", ".pyd")
+_superreload: Callable[..., Any] = autoreload.superreload  # untyped in IPython
 THREAD_STOP_TIMEOUT = 1.0  # how long a thread stopped by on_reload may take to end
 
 Tier = Literal["in place", "re-import", "restart"]
@@ -182,7 +183,11 @@ class Reloader:
         self._finder.install()
         cache_engine.activate()
         activate(self.graph)
-        self.graph.adopt_loaded()
+        adopted = {str(sys.modules[name].__file__): effects.Record(name)
+                   for name in self.graph.adopt_loaded()}
+        effects.adopt_threads(adopted)
+        for record in adopted.values():
+            self._records[record.label] = record
         outcome = Outcome()
         if self.env is not None:
             logger.info("Loading environment from '%s'", display_path(self.env.path))
@@ -337,7 +342,7 @@ class Reloader:
                     batch.prepare_rerun(name)
                     snapshot = dict(module.__dict__)
                     keeper.expect(name, snapshot)
-                    superreload(module, self._reexec(snapshot, batch), self._scratch)
+                    _superreload(module, self._reexec(snapshot, batch), self._scratch)
                     batch.done.append((module, snapshot))
                     _reattach_submodules(module)
                     batch.outcome.reran.append(name)
@@ -500,7 +505,8 @@ class Reloader:
             raise AppNotFound(
                 f"{self.target.label} is {type(app).__name__}, not an ASGI application"
             )
-        return app  # fh_utils.dev adapts ASGI 2 and WSGI apps (--interface)
+        served: ASGIApp = app
+        return served  # fh_utils.dev adapts ASGI 2 and WSGI apps (--interface)
 
     def _describe(self, exc: BaseException) -> Failure:
         if isinstance(exc, AppNotFound):

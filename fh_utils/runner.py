@@ -77,8 +77,13 @@ class DevServer(uvicorn.Server):
         for captured in reversed(self._captured_signals):
             signal.raise_signal(captured)
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether a signal asked this server to stop (not a newer worker taking over)."""
+        return bool(self._captured_signals)
+
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGINT and self.should_exit and self.session.shutting_down:
+        if sig == signal.SIGINT and signal.SIGINT in self._captured_signals:
             os._exit(130)  # a second Ctrl+C: no more waiting
         type(self).handle_exit(self, sig, frame)  # the current one, patched or not
 
@@ -87,8 +92,8 @@ def run_dev(options: DevOptions) -> None:
     """Serve the app until Ctrl+C: reloading in place (`fast`), restarting (`full`) or not."""
     settings = dict(options.uvicorn)
     log_config = settings.pop("log_config", None) or uvicorn_log_config(options.log_level)
-    common = dict(host=options.host, port=options.port, log_level=options.log_level,
-                  log_config=log_config)
+    common: dict[str, Any] = dict(host=options.host, port=options.port,
+                                  log_level=options.log_level, log_config=log_config)
     if options.reload == "full":
         _run_full(options, settings, common)
         return
@@ -114,7 +119,7 @@ def run_dev(options: DevOptions) -> None:
     except KeyboardInterrupt:  # uvicorn re-raises the signal it handled, once it has stopped
         pass
     finally:
-        if session.retiring and session.zygote is not None:
+        if session.retiring and session.zygote is not None and not server.interrupted:
             _become_supervisor(session.zygote)
         if session.zygote is not None:
             session.zygote.stop()

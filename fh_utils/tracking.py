@@ -162,7 +162,10 @@ class _ImportHooks:
 
 
 def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[..., Any]:
-    def __import__(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+    def __import__(  # noqa: A002
+        name: str, globals: Any = None, locals: Any = None,  # noqa: A002
+        fromlist: Sequence[str] = (), level: int = 0,
+    ) -> Any:
         module = original(name, globals, locals, fromlist, level)
         if graph.executing() is None:
             return module
@@ -180,7 +183,7 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
 
 def _make_import_module(original: Callable[..., Any], graph: ModuleGraph) -> Callable[..., Any]:
     def import_module(name: str, package: str | None = None) -> types.ModuleType:
-        module = original(name, package)
+        module: types.ModuleType = original(name, package)
         if graph.executing() is not None:
             graph.record_imports([module.__name__])
         return module
@@ -282,7 +285,8 @@ class _TrackedEnviron(os._Environ):  # type: ignore[type-arg]
         graph = _active
         if graph is not None:
             graph.read(key)
-        return super().__getitem__(key)
+        value: str = super().__getitem__(key)
+        return value
 
     def __iter__(self) -> Any:
         graph = _active

@@ -40,6 +40,10 @@ logger = logging.getLogger("fh_utils")
 
 STOP_TIMEOUT = 1.0  # how long workers get to exit when the session ends
 
+# What a forked worker runs: (what to serve, channel to the worker that asked or None, channel
+# to the zygote, the listening socket) -> exit code. `fh_utils.runner.worker_main`.
+Worker = Callable[[Any, "socket.socket | None", socket.socket, socket.socket], int]
+
 
 def available() -> bool:
     """Whether this platform can fork workers (tier 3 needs `os.fork`)."""
@@ -100,8 +104,7 @@ class Zygote:
 
 
 def start(listener: socket.socket, *, spawn: bool, log_config: dict[str, Any] | None,
-          worker: Callable[[Any, socket.socket, socket.socket, socket.socket], int]
-          ) -> Zygote:
+          worker: Worker) -> Zygote:
     """Start the zygote with `listener`. Forked from this process (which must not have
     imported the project yet), or with `spawn` a fresh interpreter."""
     ours, theirs = socket.socketpair()
@@ -143,8 +146,7 @@ class _Zygote:
     """The zygote's loop: preload, fork on request, reap, replace a worker that died."""
 
     def __init__(self, control: socket.socket, listener: socket.socket,
-                 worker: Callable[[Any, socket.socket, socket.socket, socket.socket], int] | None
-                 ) -> None:
+                 worker: Worker | None) -> None:
         self.control = control
         self.listener = listener
         self.worker = worker
@@ -197,7 +199,7 @@ class _Zygote:
                 ours.close()
                 self._become_worker()
                 if self.worker is None:
-                    from fh_utils.dev import worker_main
+                    from fh_utils.runner import worker_main
 
                     self.worker = worker_main
                 code = self.worker(pickle.loads(start), link, theirs, self.listener)

@@ -8,4 +8,5 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 python3 -m ruff check fh_utils tests
+python3 -m mypy  # strict, on fh_utils/ (pyproject.toml)
 python3 -m pytest "$@"

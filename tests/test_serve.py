@@ -107,3 +107,30 @@ def test_dashed_file_names_are_served_by_dev_and_by_serve(tmp_path, serve):
     dev.wait_text("dashed two")
     script.wait_text("dashed two")
     assert "Reloaded counter-uuid.py in" in dev.log
+
+
+def test_serve_restarts_the_worker_when_a_thread_cannot_be_stopped(tmp_path, serve):
+    """`python app.py`: the zygote is a fresh interpreter (the script already ran the app)."""
+    write(tmp_path / "poller.py", """
+        import threading, time
+        RATE = 1
+        threading.Thread(target=lambda: time.sleep(3600), daemon=True, name="poller").start()
+    """)
+    write(tmp_path / "app.py", """
+        import threading
+        from starlette.responses import PlainTextResponse
+        from fh_utils import serve
+        import poller
+
+        async def app(scope, receive, send):
+            alive = sum(t.name == "poller" for t in threading.enumerate())
+            await PlainTextResponse(f"rate={poller.RATE} pollers={alive}")(scope, receive, send)
+
+        serve()
+    """)
+    server = serve("app.py", command=None)
+    assert server.get().text == "rate=1 pollers=1"
+    write(tmp_path / "poller.py", (tmp_path / "poller.py").read_text().replace("= 1", "= 2"))
+    assert server.wait_text("rate=2") == "rate=2 pollers=1"
+    assert "Reloaded poller.py by restarting the worker (thread 'poller'" in server.log
+    assert server.stop() == 0
