@@ -32,6 +32,8 @@ from typing import Any, cast
 __all__ = ["ClassKeeper"]
 
 _SKIP = frozenset({"__dict__", "__weakref__"})
+# Members that references elsewhere may hold and that the reload engine patches on commit.
+_MEMBERS = (types.FunctionType, classmethod, staticmethod, property)
 _KEPT_METACLASSES = (type, abc.ABCMeta)
 
 
@@ -112,7 +114,7 @@ class ClassKeeper:
         self._saved.append((old, saved, bases))
         for key, value in vars(new).items():
             before = saved.get(key)
-            if key not in _SKIP and before is not None and before is not value:
+            if key not in _SKIP and before is not value and isinstance(before, _MEMBERS):
                 self.members.append((before, value))
         _repoint_class_cells(new, old)
         if isinstance(old, abc.ABCMeta):
@@ -130,7 +132,7 @@ class ClassKeeper:
                    and saved.get(k) is not v}
         for key, value in changed.items():
             type.__setattr__(old, key, value)
-            if key in saved:
+            if isinstance(saved.get(key), _MEMBERS):
                 self.members.append((saved[key], value))
         self._saved.append((old, saved, old.__bases__))
         _repoint_class_cells(new, old)
