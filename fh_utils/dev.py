@@ -8,6 +8,7 @@ import copy
 import inspect
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -132,9 +133,12 @@ class DevSession:
                              keep_connections=options.keep_connections)
         self.uvicorn_settings = settings
         self._adapted: tuple[Any, Any] | None = None
-        self._stop = asyncio.Event()
+        self._stop = threading.Event()  # the watcher thread ends; so does the applier
         self._changes: set[Path] = set()
-        self._changed = asyncio.Event()  # set when changes arrive; cancels a pending startup
+        self._changed = asyncio.Event()  # set when changes arrive
+        # Set when a change arrives that a reload would act on: a lifespan startup still
+        # pending is cancelled (the newer save wins). A file the app writes meanwhile is not.
+        self._newer = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.listeners: list[DevListener] = []
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
@@ -157,12 +161,13 @@ class DevSession:
         if self.options.reload == "fast":
             dirs = [str(d) for d in self.watch.dirs]
             logger.info("Will watch for changes in these directories: %s", dirs)
-            self._spawn(self._watch())
+            self._start_watching()
         started = time.perf_counter()
         outcome = self.reloader.start()
         for note in outcome.notes:
             logger.warning(note)
         if outcome.failure is not None and self._is_mistake(outcome.failure):
+            self._stop.set()
             raise StartupAbort(f"{outcome.failure.summary}: check PATH and --app")
         if outcome.failure is not None:
             await self._show_load_failure(outcome.failure)
@@ -193,7 +198,7 @@ class DevSession:
         assert self.link is not None
         effects.install_task_factory(asyncio.get_running_loop())
         if self.options.reload == "fast":
-            self._spawn(self._watch())  # changes saved from now on are not missed
+            self._start_watching()  # changes saved from now on are not missed
         outcome = self.reloader.start()
         generation: Generation | None = None
         failure = outcome.failure
@@ -227,7 +232,7 @@ class DevSession:
     async def _serve_first(self, outcome: Outcome) -> bool:
         assert outcome.app is not None
         try:
-            generation = await self.switch.start(self._adapt(outcome.app), self._changed)
+            generation = await self.switch.start(self._adapt(outcome.app), self._newer)
         except LifespanFailed as exc:
             await self._show_load_failure(lifespan_failure(exc))
             return False
@@ -289,24 +294,47 @@ class DevSession:
         self._tasks.clear()
 
     # -- watching ----------------------------------------------------------------------------
-    async def _watch(self) -> None:
-        """Collect changes from watchfiles; a failure of the watcher is logged and it restarts."""
+    def _start_watching(self) -> None:
+        """Watch in a thread of our own: not in anyio's thread pool, which a reload waits to
+        see idle (see `Switch.paused`)."""
+        loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=self._watch, args=(loop,), daemon=True,
+                                  name="fh_utils-watcher")
+        thread.start()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report changes to the loop; a failure of the watcher is logged and it restarts."""
         while not self._stop.is_set():
             try:
-                async for changes in watchfiles.awatch(
+                for changes in watchfiles.watch(
                     *self.watch.dirs,
                     watch_filter=self._filter,
                     step=WATCH_STEP_MS,
                     stop_event=self._stop,
                     rust_timeout=500,
+                    raise_interrupt=False,
                 ):
-                    self._changes.update(Path(path) for _, path in changes)
-                    self._changed.set()
-            except asyncio.CancelledError:
-                raise
+                    paths = {Path(path) for _, path in changes}
+                    try:
+                        loop.call_soon_threadsafe(self._arrived, paths)
+                    except RuntimeError:  # the loop is closed: the session is over
+                        return
             except Exception:
+                if self._stop.is_set():
+                    return
                 logger.exception("The file watcher failed; restarting it")
-                await asyncio.sleep(0.5)
+                self._stop.wait(0.5)
+            except BaseException:  # the loop closed under us: the session is over
+                return
+
+    def _arrived(self, paths: set[Path]) -> None:
+        self._changes.update(paths)
+        self._changed.set()
+        try:
+            if self.reloader.relevant(paths):
+                self._newer.set()
+        except Exception:
+            logger.debug("Could not tell whether %s matter", paths, exc_info=True)
 
     async def _apply_changes(self) -> None:
         """Apply changes as they arrive; an exception in one reload never stops the next."""
@@ -315,6 +343,7 @@ class DevSession:
             if self.retiring:
                 return
             self._changed.clear()
+            self._newer.clear()
             paths, self._changes = self._changes, set()
             try:
                 await self.apply(paths)
@@ -377,7 +406,8 @@ class DevSession:
         a fresh process hits too is reported as it is: the last good version keeps serving.
         """
         with _held_warnings() as held:  # shown only if this tier is the one that serves
-            batch = self.reloader.run(plan)
+            async with self.switch.threads_held():
+                batch = self.reloader.run(plan)
         if batch.escalation is not None and not self.options.escalate:
             batch.outcome.notes.append(f"{batch.escalation.cause}: in place cannot apply this "
                                        "faithfully; restart fh_utils dev (escalation is off)")
@@ -401,7 +431,8 @@ class DevSession:
             tier, cause = batch.escalation.tier, batch.escalation.cause
         if tier == "re-import":
             with _held_warnings() as held:
-                batch = self.reloader.reimport(plan, cause)
+                async with self.switch.threads_held():
+                    batch = self.reloader.reimport(plan, cause)
             again = await self._finish(batch)
             if again is None and batch.escalation is None:
                 held.show()
@@ -420,7 +451,7 @@ class DevSession:
             batch.rollback()
             return batch.outcome.failure
         try:
-            generation = await self.switch.start(self._adapt(batch.app), self._changed)
+            generation = await self.switch.start(self._adapt(batch.app), self._newer)
         except LifespanFailed as exc:
             batch.rollback()
             batch.outcome.failure = lifespan_failure(exc)

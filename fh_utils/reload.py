@@ -314,6 +314,13 @@ class Reloader:
         found.readers = {name for name in found.readers if name in sys.modules}
         return found
 
+    def relevant(self, paths: Iterable[Path]) -> bool:
+        """Whether a reload would act on these changed paths (nothing is planned or run)."""
+        probe = Outcome()
+        return self._analyze({Path(p) for p in paths}, probe, probe=True).relevant or any(
+            p.suffix == ".py" and self.graph.is_project_file(p) for p in paths
+        )
+
     def _gone(self, name: str, path: Path) -> set[str]:
         """The modules a deleted file takes with it (a package takes its submodules)."""
         if path.name != "__init__.py":

@@ -85,6 +85,11 @@ class DevServer(uvicorn.Server):
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGINT and signal.SIGINT in self._captured_signals:
             os._exit(130)  # a second Ctrl+C: no more waiting
+        if self.session.retiring and self.should_exit:
+            # Stepping down already (a newer worker serves): finish that calmly, then end
+            # the session instead of becoming its supervisor.
+            self._captured_signals.append(sig)
+            return
         type(self).handle_exit(self, sig, frame)  # the current one, patched or not
 
 
@@ -179,6 +184,8 @@ def _become_supervisor(handle: zygote.Zygote) -> NoReturn:
     terminal's job alive), with none of the old app in memory."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # A Ctrl+C during the exec stays pending until the supervisor's handler is in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     handle.sock.set_inheritable(True)
     spec = {"supervise": handle.sock.fileno(), "pid": handle.pid}
     os.execv(sys.executable, [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)])

@@ -120,6 +120,8 @@ class _Connection:
 class Generation:
     """One app object, its lifespan and the connections it is serving."""
 
+    _told_unsupported = False
+
     def __init__(self, app: ASGIApp, lifespan: str = "auto") -> None:
         self.app = app
         self.lifespan_mode = lifespan
@@ -144,6 +146,9 @@ class Generation:
             if lifespan.error is not None and not _unsupported(lifespan.error):
                 logger.error("Exception in 'lifespan' protocol: %r (the app keeps serving "
                              "without a lifespan)", lifespan.error, exc_info=lifespan.error)
+            elif not Generation._told_unsupported:  # as uvicorn says it, once
+                Generation._told_unsupported = True
+                logger.info("ASGI 'lifespan' protocol appears unsupported.")
 
     async def shutdown(self, timeout: float) -> None:
         if self._lifespan is not None:
@@ -277,11 +282,9 @@ class Switch:
     # -- reloads -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
-        """Hold new connections; wait (up to the drain timeout) for running HTTP requests and
-        for sync code running in the thread pool."""
+        """Hold new connections; wait (up to the drain timeout) for running HTTP requests."""
         self._open.clear()
         try:
-            deadline = time.monotonic() + self.timeouts.drain
             if self._busy:
                 try:
                     async with asyncio.timeout(self.timeouts.drain):
@@ -290,10 +293,21 @@ class Switch:
                     logger.warning(
                         "Reloading while %d request(s) are still running", self._busy
                     )
-            await _threads_idle(deadline)
             yield
         finally:
             self._open.set()
+
+    @contextlib.asynccontextmanager
+    async def threads_held(self) -> AsyncIterator[None]:
+        """Wait (up to the drain timeout) for sync code running in the thread pool, and keep
+        new sync calls from starting until the block ends. Only around code that does not
+        await: a lifespan startup may need the thread pool itself."""
+        gate = _ThreadGate()
+        try:
+            await gate.close(time.monotonic() + self.timeouts.drain)
+            yield
+        finally:
+            gate.open()
 
     async def start(self, app: ASGIApp, cancel: asyncio.Event | None = None) -> Generation:
         """Start `app`'s lifespan; the generation serves once `commit`ted.
@@ -356,7 +370,7 @@ class Switch:
             async with asyncio.timeout(self.timeouts.retire):
                 await generation.idle.wait()
         except TimeoutError:
-            logger.warning("The previous app still has %d request(s) running after %.0f s: "
+            logger.warning("The previous app still has %d request(s) running after %g s: "
                            "shutting it down", len(generation.connections),
                            self.timeouts.retire)
         try:
@@ -369,7 +383,8 @@ class Switch:
     async def _error_response(self, scope: Scope, send: Send) -> None:
         failure = self.failure
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
+            if scope["type"] == "websocket":  # accepted first: a close before is an HTTP 403
+                await send({"type": "websocket.accept"})
                 await send({"type": "websocket.close", "code": 1011})
             return
         if self._closing:
@@ -400,26 +415,53 @@ class Switch:
         await send({"type": "http.response.body", "body": body})
 
 
-async def _threads_idle(deadline: float) -> None:
-    """Wait until no sync code runs in anyio's default thread pool (Starlette's), or until
-    `deadline`. The reload then runs without yielding: nothing new can start meanwhile."""
-    try:
-        import anyio.to_thread
+class _ThreadGate:
+    """Holds every token of anyio's default thread limiter (the pool Starlette runs sync code
+    in): sync calls running finish first, new ones wait until `open()`. Polling the number of
+    busy threads is not enough: a sync iterator takes its token back without yielding."""
 
-        limiter = anyio.to_thread.current_default_thread_limiter()
-    except Exception:  # anyio missing, or not in an anyio-compatible loop
-        return
-    while limiter.borrowed_tokens and time.monotonic() < deadline:
-        await asyncio.sleep(0.001)
-    if limiter.borrowed_tokens:
-        logger.warning("Reloading while %d sync call(s) still run in the thread pool",
-                       limiter.borrowed_tokens)
+    def __init__(self) -> None:
+        self._limiter: Any = None
+        self._held: list[object] = []
+
+    async def close(self, deadline: float) -> None:
+        try:
+            import anyio
+            import anyio.to_thread
+
+            limiter = anyio.to_thread.current_default_thread_limiter()
+        except Exception:  # anyio missing, or not in an anyio-compatible loop
+            return
+        total = limiter.total_tokens
+        if total > 10_000:  # effectively unlimited: there is no holding them all
+            return
+        self._limiter = limiter
+        while len(self._held) < total:
+            borrower = object()
+            try:
+                limiter.acquire_on_behalf_of_nowait(borrower)
+            except anyio.WouldBlock:
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        await limiter.acquire_on_behalf_of(borrower)
+                except TimeoutError:
+                    logger.warning("Reloading while %d sync call(s) still run in the thread "
+                                   "pool", total - len(self._held))
+                    return
+            self._held.append(borrower)
+
+    def open(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        held, self._held = self._held, []
+        for borrower in held:
+            limiter.release_on_behalf_of(borrower)
 
 
 def _unsupported(error: BaseException) -> bool:
-    """The usual ways an app without lifespan support says so (uvicorn logs nothing then)."""
+    """The usual ways an app without lifespan support says so: asserting, or failing to look
+    up, that the scope is HTTP (uvicorn logs these as unsupported)."""
     return isinstance(error, (AssertionError, KeyError, TypeError, NotImplementedError,
-                              ValueError)) or "lifespan" in str(error).lower()
+                              ValueError))
 
 
 class _Lifespan:

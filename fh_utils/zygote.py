@@ -113,10 +113,15 @@ def start(listener: socket.socket, *, spawn: bool, log_config: dict[str, Any] | 
         listener.set_inheritable(True)
         spec = {"control": theirs.fileno(), "listener": listener.fileno(),
                 "log_config": log_config}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)],
-            pass_fds=(theirs.fileno(), listener.fileno()), stdin=subprocess.DEVNULL,
-        )
+        # Ctrl+C is not the zygote's: it stays blocked until its handler ignores it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)],
+                pass_fds=(theirs.fileno(), listener.fileno()), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         return Zygote(ours, process.pid)
     pid = os.fork()
@@ -318,6 +323,7 @@ def _supervise(control: socket.socket, pid: int) -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         os.waitpid(pid, 0)
     except SystemExit:
         pass
@@ -328,6 +334,9 @@ def _supervise(control: socket.socket, pid: int) -> None:
 def _main() -> None:
     """`python -m fh_utils.zygote SPEC`: a spawned (or fresh) zygote, or a supervisor."""
     spec = json.loads(sys.argv[1])
+    if "supervise" not in spec:  # a zygote: Ctrl+C is the main process's business
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if "supervise" in spec:
         _supervise(socket.socket(fileno=spec["supervise"]), spec["pid"])
         return
