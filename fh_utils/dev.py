@@ -99,6 +99,8 @@ GENUINE = frozenset({"NameError", "UnboundLocalError", "SyntaxError", "Indentati
                      "TabError", "ImportError", "ModuleNotFoundError", "AppNotFound",
                      "LifespanTimeout"})
 CANDIDATE_TIMEOUT = 120.0  # a new worker's import and start-up, at most (beyond its lifespan's)
+STEP_DOWN_GRACE = 1.0  # a retired worker's connections finishing their request, at most
+HAND_OVER_SETTLE = 0.2  # clients of open keep-alive connections coming back, at most
 
 
 class DevSession:
@@ -366,7 +368,8 @@ class DevSession:
                 await self._notify(lambda listener: listener.static_changed(static))
             return None
         outcome = plan.outcome
-        if plan.runnable:
+        ran = plan.runnable  # (the plan's outcome keeps what a lower tier hit)
+        if ran:
             async with self.switch.paused():
                 outcome, restart = await self._reload(plan)
             if restart is not None:  # the old worker serves until the new one is ready
@@ -384,7 +387,7 @@ class DevSession:
             else:
                 logger.error("Reload failed: %s", _with_traceback(failure))
             await self._notify(lambda listener: listener.failed(failure))
-        elif plan.runnable:
+        elif ran:
             self._log_reloaded(outcome, started)
             if not self.retiring:
                 await self._notify(lambda listener: listener.reloaded(outcome))
@@ -488,28 +491,52 @@ class DevSession:
 
     async def _hand_over(self, restart: _Restart, outcome: Outcome) -> Outcome:
         """The third tier: a new worker process serves from now on; this one steps down."""
+        # From now on responses close their connection, so that clients come back on a new
+        # one, which the new worker will take once it serves.
+        connected = self._clients()
+        self.switch.begin_hand_over()
         candidate = restart.candidate
         if candidate is None:
             candidate, failure = await self._candidate()
             if candidate is None:
+                self.switch.cancel_hand_over()
                 outcome.failure = failure or Failure(
                     None, None, "RestartNeeded",
                     f"{restart.cause}: only a new process can apply this, and none can be "
                     "started here; restart fh_utils dev", "")
                 return outcome
+        await self._settle(connected)
         changes, self._changes = self._changes, set()  # saved meanwhile: the new worker's
         await candidate.go(changes)
         if not await candidate.ready(CANDIDATE_TIMEOUT):
+            self.switch.cancel_hand_over()
             self._changes |= changes
             outcome.failure = Failure(None, None, "RestartFailed",
                                       "the new worker stopped before it served", "")
             return outcome
         outcome.tier, outcome.cause = "restart", restart.cause
-        self._retire()
+        self._retire(stale=connected - self.switch.recent_clients)
         return outcome
 
-    def _retire(self) -> None:
-        """A newer worker serves: stop serving here (uvicorn's graceful shutdown)."""
+    async def _settle(self, connected: set[Any]) -> None:
+        """Give each connection open when the hand-over began the chance to be used once
+        (its response then closes it) before the new worker takes over."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HAND_OVER_SETTLE
+        while loop.time() < deadline:
+            if not (connected & self._clients()) - self.switch.recent_clients:
+                return
+            await asyncio.sleep(0.005)
+
+    def _clients(self) -> set[Any]:
+        """The peers of the connections uvicorn has open now."""
+        state = getattr(self.server, "server_state", None)
+        return {getattr(c, "client", None) for c in getattr(state, "connections", ())}
+
+    def _retire(self, stale: set[Any]) -> None:
+        """A newer worker serves: stop accepting at once, close the keep-alive connections no
+        one used since the hand-over began (a browser reusing one would get the old code),
+        let the others finish their request, then shut down (uvicorn's graceful shutdown)."""
         self.retiring = True
         self._stop.set()
         self._changed.set()  # lets the applier loop end
@@ -519,8 +546,23 @@ class DevSession:
                 self.zygote.retiring()
             except OSError:
                 pass
-        if self.server is not None:
-            self.server.should_exit = True
+        server = self.server
+        if server is None:
+            return
+        for listener in getattr(server, "servers", ()):
+            listener.close()
+        for connection in list(server.server_state.connections):
+            if getattr(connection, "client", None) in stale:
+                connection.shutdown()
+        self._spawn(self._step_down())
+
+    async def _step_down(self) -> None:
+        """Shut down once the connections that may still carry a request are done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STEP_DOWN_GRACE
+        while self.server.server_state.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.server.should_exit = True
 
     def _log_reloaded(self, outcome: Outcome, started: float) -> None:
         if not outcome.changed and not outcome.reran:

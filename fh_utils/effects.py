@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from fh_utils import _frames
+
 __all__ = ["Record", "SignalChain", "adopt_threads", "detached", "install",
            "install_task_factory", "recording", "uninstall"]
 
@@ -184,6 +186,25 @@ def current() -> Record | None:
     return _owner.get()
 
 
+_is_project: Callable[[str], bool] | None = None
+
+
+def configure(is_project_file: Callable[[str], bool] | None) -> None:
+    """Count a call as the running module's only when project code asked for it (see
+    `fh_utils._frames`); None counts every call (tests of this module)."""
+    global _is_project
+    _is_project = is_project_file
+
+
+def _asking() -> Record | None:
+    """The record a call made now belongs to: the running module's, unless an installed
+    package made the call for its own purposes (lazy set-up on first use)."""
+    record = _owner.get()
+    if record is None or _is_project is None:
+        return record
+    return record if _frames.asked_by_project(_is_project, skip=2) else None
+
+
 def context_for(record: Record) -> contextvars.Context:
     """A context in which tasks and threads started count as `record`'s (a lifespan's task)."""
     context = contextvars.copy_context()
@@ -229,7 +250,7 @@ def install_task_factory(loop: asyncio.AbstractEventLoop) -> None:
         else:
             task = asyncio.Task(coro, loop=loop, **kwargs)
         context = kwargs.get("context")
-        record = context.get(_owner) if context is not None else _owner.get()
+        record = context.get(_owner) if context is not None else _asking()
         if record is not None and isinstance(task, asyncio.Task):
             record._tasks.add(task)
         return task
@@ -254,7 +275,7 @@ def _original(owner: object, name: str) -> Any:
 
 def _add_handler(original: Callable[..., None]) -> Callable[..., None]:
     def addHandler(self: logging.Logger, hdlr: logging.Handler) -> None:  # noqa: N802
-        record = _owner.get()
+        record = _asking()
         new = record is not None and hdlr not in self.handlers
         original(self, hdlr)
         if new and record is not None:
@@ -268,7 +289,7 @@ def _add_handler(original: Callable[..., None]) -> Callable[..., None]:
 
 def _remove_handler(original: Callable[..., None]) -> Callable[..., None]:
     def removeHandler(self: logging.Logger, hdlr: logging.Handler) -> None:  # noqa: N802
-        record = _owner.get()
+        record = _asking()
         present = record is not None and hdlr in self.handlers
         original(self, hdlr)
         if present and record is not None:
@@ -281,7 +302,7 @@ def _remove_handler(original: Callable[..., None]) -> Callable[..., None]:
 
 def _add_filter(original: Callable[..., None]) -> Callable[..., None]:
     def addFilter(self: logging.Filterer, filter: Any) -> None:  # noqa: N802, A002
-        record = _owner.get()
+        record = _asking()
         new = record is not None and filter not in self.filters
         original(self, filter)
         if new and record is not None:
@@ -294,7 +315,7 @@ def _add_filter(original: Callable[..., None]) -> Callable[..., None]:
 
 def _remove_filter(original: Callable[..., None]) -> Callable[..., None]:
     def removeFilter(self: logging.Filterer, filter: Any) -> None:  # noqa: N802, A002
-        record = _owner.get()
+        record = _asking()
         present = record is not None and filter in self.filters
         original(self, filter)
         if present and record is not None:
@@ -307,7 +328,7 @@ def _remove_filter(original: Callable[..., None]) -> Callable[..., None]:
 
 def _set_level(original: Callable[..., None]) -> Callable[..., None]:
     def setLevel(self: logging.Logger, level: int | str) -> None:  # noqa: N802
-        record = _owner.get()
+        record = _asking()
         before = self.level
         original(self, level)
         after = self.level
@@ -324,7 +345,7 @@ def _set_level(original: Callable[..., None]) -> Callable[..., None]:
 
 def _disable(original: Callable[..., None]) -> Callable[..., None]:
     def disable(level: int = logging.CRITICAL) -> None:
-        record = _owner.get()
+        record = _asking()
         before = logging.root.manager.disable
         original(level)
         after = logging.root.manager.disable
@@ -337,7 +358,7 @@ def _disable(original: Callable[..., None]) -> Callable[..., None]:
 def _atexit_register(original: Callable[..., Any]) -> Callable[..., Any]:
     def register(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         result = original(func, *args, **kwargs)
-        record = _owner.get()
+        record = _asking()
         if record is not None:
             record._add(f"atexit callback {func!r}", lambda: atexit.unregister(func),
                         lambda: original(func, *args, **kwargs))
@@ -370,7 +391,7 @@ class SignalChain:
     def add(self, handler: Callable[[int, Any], object]) -> Any:
         previous = self.handlers[-1] if self.handlers else self.dispatch
         self.handlers.append(handler)
-        record = _owner.get()
+        record = _asking()
         if record is not None:
             record._add(f"handler for signal {self.sig}", lambda: self._remove(handler),
                         lambda: self.handlers.append(handler))
@@ -402,7 +423,7 @@ def _signal(original: Callable[..., Any]) -> Callable[..., Any]:
             if callable(handler):
                 return chain.add(handler)
         previous = original(signalnum, handler)
-        record = _owner.get()
+        record = _asking()
         if record is not None:
 
             def undo() -> None:
@@ -419,7 +440,7 @@ def _signal(original: Callable[..., Any]) -> Callable[..., Any]:
 def _thread_start(original: Callable[..., None]) -> Callable[..., None]:
     def start(self: threading.Thread) -> None:
         original(self)
-        record = _owner.get()
+        record = _asking()
         if record is not None and not _pool_thread(self):
             record._threads.append(weakref.ref(self))
 

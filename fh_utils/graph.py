@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fh_utils._frames import asked_by_project
 from fh_utils.watch import ignored_by_default
 
 __all__ = ["GraphState", "Listing", "ModuleGraph", "Resource"]
@@ -74,11 +75,6 @@ class ModuleGraph:
             for key in ("stdlib", "platstdlib", "purelib", "platlib")
             if (p := sysconfig.get_paths().get(key))
         }
-        paths = sysconfig.get_paths()
-        self._stdlib = str(Path(paths["stdlib"]).resolve()) + os.sep
-        self._importlib = self._stdlib + "importlib" + os.sep
-        self._site = tuple(str(Path(paths[k]).resolve()) + os.sep for k in ("purelib", "platlib"))
-        self._own = str(Path(__file__).resolve().parent) + os.sep  # fh_utils' own wrappers
         self._lock = threading.RLock()  # request threads record reads while a reload plans
         self.files: dict[Path, str] = {}  # file -> module name
         self.imports: dict[str, set[str]] = {}  # module -> project modules it imported
@@ -273,7 +269,7 @@ class ModuleGraph:
         """
         if self.executing() is None and self.computing() is None:
             return
-        if not self._asked_by_project(sys._getframe(1)):
+        if not asked_by_project(lambda file: self.is_project_file(Path(file))):
             return
         if isinstance(directory, bytes):
             directory = os.fsdecode(directory)
@@ -289,18 +285,6 @@ class ModuleGraph:
         with self._lock:
             self.listings[resolved] = entries
         self.read(Listing(resolved))
-
-    def _asked_by_project(self, frame: types.FrameType | None) -> bool:
-        """Whether the first caller outside the standard library is a project file."""
-        while frame is not None:
-            file = frame.f_code.co_filename
-            if file.startswith(self._site) or file.startswith(self._importlib):
-                return False  # an installed package; importlib.metadata scanning sys.path
-            if not (file.startswith(self._own) or file.startswith(self._stdlib)
-                    or not os.path.isabs(file)):
-                return self.is_project_file(Path(file))
-            frame = frame.f_back  # fh_utils' wrapper, glob, pathlib, pkgutil: look further up
-        return False
 
     def entries(self, directory: Path) -> frozenset[str]:
         """The names in `directory` that can matter (editor swap files and the like left out)."""

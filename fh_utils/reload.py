@@ -31,7 +31,7 @@ import sys
 import types
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,6 +180,7 @@ class Reloader:
         if app_dir not in sys.path:
             sys.path.insert(0, app_dir)
         effects.install()
+        effects.configure(lambda file: self.graph.is_project_file(Path(file)))
         self._finder.install()
         cache_engine.activate()
         activate(self.graph)
@@ -530,7 +531,9 @@ class Batch:
     def __init__(self, reloader: Reloader, plan: Plan, tier: Tier) -> None:
         self._reloader = reloader
         self.plan = plan
-        self.outcome = plan.outcome
+        # A tier of its own: what a lower tier of the same plan ran or hit is not this one's.
+        self.outcome = plan.outcome if tier == "in place" else replace(
+            plan.outcome, failure=None, reran=[], notes=list(plan.outcome.notes))
         self.outcome.tier = tier
         self.app: ASGIApp | None = None
         self.escalation: Escalation | None = None

@@ -66,8 +66,9 @@ class Timeouts:
 class _Connection:
     """One request or WebSocket: wraps `send` so the switch can end it."""
 
-    def __init__(self, kind: str, send: Send) -> None:
+    def __init__(self, kind: str, send: Send, client: Any = None) -> None:
         self.kind = kind
+        self.client = client  # (host, port) of the peer, as uvicorn gives it
         self._send = send
         self._lock = asyncio.Lock()
         self.started = False  # response started / socket accepted
@@ -199,6 +200,11 @@ class Switch:
         self._drained.set()
         self._retiring: dict[Generation, asyncio.Task[None]] = {}
         self._closing = False
+        # While another worker gets ready to take over: responses close their connection
+        # (clients then reconnect, to the new worker once it serves), and the clients with a
+        # request running or made meanwhile are noted (`begin_hand_over`).
+        self.handing_over = False
+        self.recent_clients: set[Any] = set()
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,7 +220,7 @@ class Switch:
             return
         if generation.state:
             scope["state"] = dict(generation.state)
-        connection = _Connection(kind, send)
+        connection = _Connection(kind, send, scope.get("client"))
         generation.connections.add(connection)
         generation.idle.clear()
         try:
@@ -231,6 +237,9 @@ class Switch:
 
     async def _http(self, app: ASGIApp, scope: Scope, receive: Receive,
                     connection: _Connection) -> None:
+        handing_over = self.handing_over
+        if handing_over:
+            self.recent_clients.add(scope.get("client"))
         counted = True
         self._busy += 1
         self._drained.clear()
@@ -244,6 +253,10 @@ class Switch:
                     self._drained.set()
 
         async def send(message: Message) -> None:
+            if handing_over and message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ())
+                           if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await connection.send(message)
             # A response without a length is a stream (SSE, a long download): a reload
             # does not wait for it.
@@ -341,6 +354,14 @@ class Switch:
         """A started generation that will not serve (the reload was rolled back)."""
         if generation is not self.current:
             await generation.shutdown(self.timeouts.lifespan)
+
+    def begin_hand_over(self) -> None:
+        self.handing_over = True
+        self.recent_clients = {c.client for g in self.generations() for c in g.connections}
+
+    def cancel_hand_over(self) -> None:
+        self.handing_over = False
+        self.recent_clients = set()
 
     def generations(self) -> list[Generation]:
         """The current generation and those retiring."""

@@ -166,7 +166,8 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
         name: str, globals: Any = None, locals: Any = None,  # noqa: A002
         fromlist: Sequence[str] = (), level: int = 0,
     ) -> Any:
-        module = original(name, globals, locals, fromlist, level)
+        with effects.detached():  # what importing a module does is that module's, not ours
+            module = original(name, globals, locals, fromlist, level)
         if graph.executing() is None:
             return module
         if fromlist:
@@ -183,7 +184,8 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
 
 def _make_import_module(original: Callable[..., Any], graph: ModuleGraph) -> Callable[..., Any]:
     def import_module(name: str, package: str | None = None) -> types.ModuleType:
-        module: types.ModuleType = original(name, package)
+        with effects.detached():
+            module: types.ModuleType = original(name, package)
         if graph.executing() is not None:
             graph.record_imports([module.__name__])
         return module

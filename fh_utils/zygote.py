@@ -248,6 +248,8 @@ class _Zygote:
                 logger.error("The worker process [%d] exited unexpectedly (%s): starting a "
                              "new one", pid, f"code {code}" if code >= 0 else f"signal {-code}")
                 self._fork(None, child.start)
+            elif child.serving and not any(c.serving for c in self.children.values()):
+                self._stop_and_exit()  # it was stopped on purpose, and no one took over
 
     def _preload(self, modules: list[str], sys_path: list[str], env_file: str | None) -> None:
         sys.path[:] = sys_path

@@ -161,6 +161,9 @@ return PlainTextResponse(LABEL + ": " + " ".join(columns))
 
     save(server, tmp_path / "models.py", USER.format(extra="    email: Mapped[str]"), "email")
     assert_matches_cold(server, tmp_path)
+    # db.py keeps its Base: a fresh import of the project is enough, no new process
+    assert ("Reloaded models.py by re-importing the project (Table 'users' is already defined"
+            in server.log)
 
     app = tmp_path / "app.py"
     save(server, app, app.read_text().replace("'one'", "'two'"), "two:")
@@ -190,6 +193,9 @@ return PlainTextResponse(LABEL + ": " + " ".join(columns))
 
     save(server, tmp_path / "models.py", HERO.format(extra="    age: int | None = None"), "age")
     assert_matches_cold(server, tmp_path)
+    # SQLModel.metadata lives in the installed package: only a new process is faithful
+    assert "Reloaded models.py by restarting the worker (Table 'hero' is already defined" in (
+        server.log)
 
     app = tmp_path / "app.py"
     save(server, app, app.read_text().replace("'one'", "'two'"), "two:")
@@ -282,6 +288,8 @@ def test_thread_started_at_import(tmp_path, serve):
     for n in (2, 3):
         save(server, tmp_path / "worker.py", worker.format(n=n), f"rate={n} ")
     assert_matches_cold(server, tmp_path)
+    assert server.log.count("by restarting the worker (thread 'poller' started by worker.py "
+                            "is still running") == 2
 
 
 @pytest.mark.timeout(60)
@@ -707,3 +715,58 @@ def test_example_edits_never_escalate(tmp_path, serve, name):
     escalated = [line for line in server.log.splitlines()
                  if any(escalation in line for escalation in ESCALATIONS)]
     assert escalated == []
+
+
+# --- changes in place cannot carry to existing objects ----------------------------------------
+
+ENUM_APP = """
+import enum
+from starlette.responses import PlainTextResponse
+import store
+
+class Color(enum.Enum):
+{members}
+
+async def app(scope, receive, send):
+    kept = store.kept.setdefault("color", Color.RED)
+    text = f"{{[m.name for m in Color]}} kept-is-current={{kept is Color.RED}}"
+    await PlainTextResponse(text)(scope, receive, send)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_enum_members_changed_reimports_and_unchanged_enum_is_kept(tmp_path, serve):
+    """A cold start serves the enum's current members, with the member kept being current."""
+    write(tmp_path / "store.py", "kept = {}\n")  # imports nothing: survives in-place reloads
+    write(tmp_path / "app.py", ENUM_APP.format(members="    RED = 1"))
+    server = serve("app.py")
+    assert server.get().text == "['RED'] kept-is-current=True"
+
+    app = tmp_path / "app.py"
+    save(server, app, app.read_text() + "\n# unchanged enum\n", "RED")
+    assert server.get().text == "['RED'] kept-is-current=True"  # the same enum, kept in place
+    assert "by re-importing" not in server.log
+
+    save(server, app, ENUM_APP.format(members="    RED = 1\n    BLUE = 2"), "BLUE")
+    assert_matches_cold(server, tmp_path)  # store re-ran too: the kept member is current
+    assert "by re-importing the project (the members of enum app.Color changed)" in server.log
+
+
+@pytest.mark.timeout(60)
+def test_no_escalate_reports_and_applies_in_place(tmp_path, serve):
+    """With escalation off a failure is shown as it happens in place; nothing restarts."""
+    write(tmp_path / "db.py", """
+        from sqlalchemy.orm import DeclarativeBase
+
+        class Base(DeclarativeBase):
+            pass
+    """)
+    write(tmp_path / "models.py", USER.format(extra=""))
+    starlette_app(tmp_path, "import db\nimport models", """
+return PlainTextResponse(" ".join(sorted(c.name for c in db.Base.metadata.tables["users"].c)))
+""")
+    server = serve("app.py", "--no-escalate")
+    write(tmp_path / "models.py", USER.format(extra="    email: Mapped[str]"))
+    server.wait_log("Reload failed: models.py:4: InvalidRequestError: Table 'users' is already")
+    assert server.get().text == "id name"  # the last good version
+    assert not any(escalation in server.log for escalation in ESCALATIONS)
