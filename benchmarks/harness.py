@@ -45,7 +45,8 @@ class ServerFailed(RuntimeError):
 class Server:
     """One server process serving the fixture in `cwd`."""
 
-    def __init__(self, kind: str, cwd: Path, log_level: str = "warning") -> None:
+    def __init__(self, kind: str, cwd: Path, log_level: str = "warning",
+                 args: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.cwd = cwd
         self.port = free_port()
@@ -59,7 +60,7 @@ class Server:
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, *COMMANDS[kind], "--port", str(self.port),
-             "--log-level", log_level],
+             "--log-level", log_level, *args],
             cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )

@@ -13,7 +13,12 @@ Sections (each next to uvicorn on the same fixture, see benchmarks/fixture.py):
    without millions of live objects;
 4. overhead: steady-state requests per second, fh_utils dev versus plain uvicorn;
 5. memory: the dev server's RSS over many reloads;
-6. start-up: process start to the first response.
+6. start-up: process start to the first response;
+7. escalation: edits that need a re-import (tier 2) or a new worker (tier 3), next to ordinary
+   ones, on a fixture whose installed imports dominate start-up (benchmarks/escalation.py);
+   the tier each took (from the server's log), failed requests, and the floor of a restart
+   (the project's own import and start-up in a fresh process with the installed packages
+   already imported).
 
 Prints a Markdown table with each target and whether it is met, and writes every raw figure
 as JSON under benchmarks/results/ (or `--json FILE`). Targets are shown, never asserted.
@@ -28,6 +33,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -41,6 +47,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import escalation as esc
 from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
 from benchmarks.harness import ROOT, Hammer, Server, requests_per_second, wait_served
 
@@ -58,6 +65,7 @@ class Sizes:
     rps_rounds: int = 5  # alternating between the servers
     reloads: int = 200
     starts: int = 3
+    floor_runs: int = 5  # (7) cold imports of the project, for the floor of a restart
     heavy: bool = True  # numpy and pandas in the fixture
     load_seconds: float = 2.0  # the simulated model load
 
@@ -70,7 +78,7 @@ class Sizes:
 
 
 QUICK = Sizes(edits=2, dev_edits=2, extra_modules=5, heap_objects=10_000, rps_seconds=1.0,
-              rps_rounds=1, reloads=5, starts=1, heavy=False, load_seconds=0.2)
+              rps_rounds=1, reloads=5, starts=1, floor_runs=1, heavy=False, load_seconds=0.2)
 
 TARGETS = {
     "edit_ms": 40.0,  # (1) median, both edit kinds
@@ -80,6 +88,8 @@ TARGETS = {
     "rps_ratio": 0.95,  # (4)
     "rss_mb": 20.0,  # (5)
     "startup_s": 0.5,  # (6) more than uvicorn
+    "restart_over_floor_ms": 100.0,  # (7) a tier-3 edit, over the project's import + start-up
+    "restart_speedup": 5.0,  # (7) a tier-3 edit, over uvicorn --reload's restart
 }
 
 
@@ -92,14 +102,15 @@ class Bench:
         self.workdir = workdir
         self.log = log
         self._dirs = 0
+        self.last_logs: list[str] = []
 
     def fixture(self, **changes: Any) -> Path:
         self._dirs += 1
         return generate(self.workdir / f"app{self._dirs}", self.sizes.spec(**changes))
 
     @contextmanager
-    def server(self, kind: str, root: Path) -> Iterator[Server]:
-        server = Server(kind, root)
+    def server(self, kind: str, root: Path, **options: Any) -> Iterator[Server]:
+        server = Server(kind, root, **options)
         try:
             server.wait_ready(self.sizes.timeout)
             yield server
@@ -107,19 +118,24 @@ class Bench:
             server.stop()
 
     def edit_session(
-        self, kind: str, roots: list[Path], plan: list[tuple[str, list[int]]]
+        self, kind: str, roots: list[Path], plan: list[tuple[str, list[int]]], *,
+        editor: Callable[[Path, str, int], str] = edit, files: dict[str, str] | None = None,
+        **options: Any,
     ) -> list[dict[str, Any]]:
         """One server per fixture in `roots`, all running at once with one hammer between them.
 
         `plan`: (edit kind, indexes of the fixtures to edit). Edits alternate between those
         fixtures, so a busy moment on the machine hits each alike. Per edit: milliseconds from
         the write to the new text served; the requests running meanwhile (the poller's and the
-        hammer's), how many failed, and the slowest of them.
+        hammer's), how many failed, and the slowest of them. `editor` makes an edit (default:
+        the fixture's), `files` names the file of each edit kind for the progress log,
+        `options` go to `Server`; the servers' logs are in `self.last_logs` afterwards.
         """
         edits = self.sizes.dev_edits if kind == DEV else self.sizes.edits
+        files = files or {k: e.file for k, e in EDITS.items()}
         windows: list[dict[str, list[tuple[float, float, int, int]]]] = [{} for _ in roots]
         with ExitStack() as stack:
-            servers = [stack.enter_context(self.server(kind, root)) for root in roots]
+            servers = [stack.enter_context(self.server(kind, root, **options)) for root in roots]
             clients = [stack.enter_context(httpx.Client(base_url=s.url,
                                                         timeout=self.sizes.timeout))
                        for s in servers]
@@ -128,11 +144,12 @@ class Bench:
                 for n in range(1, edits + 1):
                     for i in which:
                         started = time.monotonic()
-                        marker = edit(roots[i], edit_kind, n)
+                        marker = editor(roots[i], edit_kind, n)
                         _, polls, poll_failed = wait_served(clients[i], marker,
                                                             self.sizes.timeout)
                         windows[i].setdefault(edit_kind, []).append(
                             (started, time.monotonic(), polls, poll_failed))
+        self.last_logs = [server.log for server in servers]
         results: list[dict[str, Any]] = []
         for i, per_kind in enumerate(windows):
             out: dict[str, Any] = {}
@@ -146,7 +163,7 @@ class Bench:
                     slowest.append(max(((b - a) * 1000 for a, b, _ in during), default=0.0))
                 out[edit_kind] = {"ms": ms, "requests": requests, "failed": failed,
                                   "slowest_request_ms": slowest}
-                self.log(f"  {kind:<16} {roots[i].name:<5} {EDITS[edit_kind].file:<11} "
+                self.log(f"  {kind:<16} {roots[i].name:<5} {files[edit_kind]:<11} "
                          f"{edit_kind:<8} median {statistics.median(ms):8.1f} ms, "
                          f"{sum(failed)} of {sum(requests)} requests failed, "
                          f"slowest request {max(slowest):.0f} ms")
@@ -248,7 +265,93 @@ class Bench:
         return seconds
 
 
-SECTIONS = {1: "edits", 2: "scaling", 3: "heap", 4: "overhead", 5: "memory", 6: "startup"}
+    def escalation(self) -> dict[str, Any]:
+        """(7): edits that need each tier of reloading, on a fixture whose installed imports
+        dominate start-up (numpy, pandas, SQLAlchemy, FastHTML; no model load).
+
+        Two copies served side by side: tier 2 (a column added to a SQLAlchemy model, a member
+        added to an Enum) on one without ticker.py, tier 3 (an edit of ticker.py, whose daemon
+        thread is alive) on one with it (that thread would make a re-import a restart too);
+        ordinary app.py edits on both. The tier each edit took comes from the server's log.
+        Then uvicorn --reload on fresh copies with the same edits, and the floor of a restart
+        (`floor`).
+        """
+        orm = importlib.util.find_spec("sqlalchemy") is not None
+        tier2 = ["column", "member"] if orm else ["member"]
+        self.log("7. escalation: ordinary, re-import (tier 2) and restart (tier 3) edits"
+                 + ("" if orm else "; SQLAlchemy is not installed: no model edits"))
+
+        def copies() -> list[Path]:
+            roots = []
+            for thread in (False, True):
+                self._dirs += 1
+                spec = esc.EscalationSpec(heavy=self.sizes.heavy, orm=orm, thread=thread)
+                roots.append(esc.generate(self.workdir / f"app{self._dirs}", spec))
+            return roots
+
+        plan = [("app", [0, 1]), *((kind, [0]) for kind in tier2), ("thread", [1])]
+        files = {k: v.file for k, v in esc.KINDS.items()}
+        roots = copies()
+        dev = self.edit_session(DEV, roots, plan, editor=esc.edit, files=files,
+                                log_level="info", args=("--no-access-log",))
+        logs = [reload_log(text) for text in self.last_logs]
+        for root, lines in zip(roots, logs):
+            tiers = {t: sum(1 for line in lines if line["tier"] == t)
+                     for t in ("in place", "re-import", "restart")}
+            self.log(f"  {DEV:<16} {root.name:<5} server log: " + ", ".join(
+                f"{n} {t}" for t, n in tiers.items()))
+        reload = self.edit_session(RELOAD, copies(), plan, editor=esc.edit, files=files)
+        floor = self.floor(roots[1])
+        return {"tier2": tier2, DEV: dev, RELOAD: reload, "log": logs, "floor": floor}
+
+    def floor(self, root: Path) -> dict[str, Any]:
+        """What a restart cannot avoid: with the installed modules the app loads imported
+        first (as the zygote has them), the time to `import app`, run the lifespan startup and
+        answer a first `GET /`, in a fresh process (`python -m benchmarks.escalation`)."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        names = root.parent / f"{root.name}-installed.json"
+
+        def run(*args: str) -> str:
+            return subprocess.run([sys.executable, "-m", "benchmarks.escalation", *args],
+                                  cwd=root, env=env, capture_output=True, text=True,
+                                  timeout=self.sizes.timeout, check=True).stdout
+
+        names.write_text(run("probe"))
+        runs = [json.loads(run("floor", str(names)).splitlines()[-1])
+                for _ in range(self.sizes.floor_runs)]
+        out = {k: [r[k] * 1000 for r in runs] for k in ("installed_s", "import_s", "startup_s")}
+        floor = [r["import_s"] * 1000 + r["startup_s"] * 1000 for r in runs]
+        self.log(f"  floor {statistics.median(floor):.0f} ms (import app "
+                 f"{statistics.median(out['import_s']):.0f} ms, start-up and first request "
+                 f"{statistics.median(out['startup_s']):.0f} ms); the installed imports before "
+                 f"it {statistics.median(out['installed_s']):.0f} ms, "
+                 f"{len(json.loads(names.read_text()))} modules")
+        return {"ms": floor, "import_ms": out["import_s"], "startup_ms": out["startup_s"],
+                "installed_ms": out["installed_s"]}
+
+
+def reload_log(text: str) -> list[dict[str, Any]]:
+    """fh_utils dev's "Reloaded ..." lines, in order: the file, the tier, the cause, the ms."""
+    out = []
+    for line in text.splitlines():
+        m = re.search(r"Reloaded (.+) in (\d+) ms$", line)
+        if not m:
+            continue
+        head = m.group(1)
+        tier, cause = "in place", ""
+        for phrase, name in ((" by re-importing the project (", "re-import"),
+                             (" by restarting the worker (", "restart")):
+            if phrase in head:
+                head, _, cause = head.partition(phrase)
+                tier, cause = name, cause.removesuffix(")")
+        out.append({"file": head.split(" (+")[0], "tier": tier, "cause": cause,
+                    "ms": int(m.group(2))})
+    return out
+
+
+SECTIONS = {1: "edits", 2: "scaling", 3: "heap", 4: "overhead", 5: "memory", 6: "startup",
+            7: "escalation"}
 # (1) and (2) run as one session (see Bench.edits); (2) needs (1)'s figures for its ratio.
 
 
@@ -364,6 +467,93 @@ def rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, str]]:
         row("6", f"start-up to first response, s (median of {len(startup[DEV])})",
             f"{dev:.2f} ({dev - plain:+.2f} s)", f"{plain:.2f} ({reload:.2f} with --reload)",
             f"≤ uvicorn + {TARGETS['startup_s']} s", _mark(dev - plain <= TARGETS["startup_s"]))
+    escalation = results.get("escalation")
+    if escalation:
+        out += _escalation_rows(escalation, sizes)
+    return out
+
+
+def _escalation_rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+
+    def row(what: str, dev: str, other: str = "", target: str = "", met: str = "") -> None:
+        out.append({"#": "7", "measurement": what, DEV: dev, "uvicorn": other,
+                    "target": target, "met": met})
+
+    dev, reload, logs = results[DEV], results[RELOAD], results["log"]
+
+    def series(runs: list[dict[str, Any]], kind: str, key: str = "ms") -> list[Any]:
+        return [x for run in runs if kind in run for x in run[kind][key]]
+
+    def failed(runs: list[dict[str, Any]], *kinds: str) -> tuple[int, int]:
+        return (sum(sum(series(runs, k, "failed")) for k in kinds),
+                sum(sum(series(runs, k, "requests")) for k in kinds))
+
+    def logged(kind: str) -> list[dict[str, Any]]:
+        file = esc.KINDS[kind].file
+        return [line for lines in logs for line in lines if line["file"] == file]
+
+    def tiers(kind: str, tier: str) -> tuple[str, bool]:
+        """How many of the edits of `kind` the log shows at `tier` (for "in place": how many
+        escalated), what the others did; and whether all went as they should."""
+        lines, edits = logged(kind), len(series(dev, kind))
+        n = sum(1 for line in lines if line["tier"] == tier)
+        others = [f"{sum(1 for line in lines if line['tier'] == t)} {words}"
+                  for t, words in (("in place", "in place"), ("re-import", "re-imported"),
+                                   ("restart", "restarted the worker"))
+                  if t != tier and any(line["tier"] == t for line in lines)]
+        if len(lines) != edits:
+            others.append(f"{len(lines)} reloads logged")
+        ok = n == len(lines) == edits
+        if tier == "in place":
+            return f"{len(lines) - n} of {edits}", ok
+        return f"{n} of {edits}" + (f" ({', '.join(others)})" if others else ""), ok
+
+    def server_ms(kind: str) -> str:
+        ms = [line["ms"] for line in logged(kind)]
+        return f"; {statistics.median(ms):.0f} in the server log" if ms else ""
+
+    app_ms = series(dev, "app")
+    row("ordinary edit: app.py → served, ms (both copies)", _ms(app_ms),
+        f"{_ms(series(reload, 'app'))} (--reload)", f"median ≤ {TARGETS['edit_ms']:.0f} ms",
+        _mark(statistics.median(app_ms) <= TARGETS["edit_ms"]))
+    text, ok = tiers("app", "in place")
+    row("ordinary edits that escalated (server log)", text, "", "0", _mark(ok))
+    for kind in results["tier2"]:
+        row(f"tier 2: {esc.KINDS[kind].what} → served, ms", _ms(series(dev, kind))
+            + server_ms(kind), f"{_ms(series(reload, kind))} (--reload)")
+        text, ok = tiers(kind, esc.KINDS[kind].tier)
+        row(f'{esc.KINDS[kind].file} edits "by re-importing the project" (server log)', text,
+            "", "all", _mark(ok))
+    f_dev, r_dev = failed(dev, *results["tier2"])
+    f_rel, r_rel = failed(reload, *results["tier2"])
+    row("failed requests during the tier 2 edits", f"{f_dev} of {r_dev}",
+        f"{f_rel} of {r_rel} (--reload)", "0", _mark(f_dev == 0))
+    floor = results["floor"]
+    floor_ms = statistics.median(floor["ms"])
+    row(f"floor of a restart: import the project, start the app, first response, ms "
+        f"(median of {len(floor['ms'])} fresh processes)",
+        f"{floor_ms:.0f} ({statistics.median(floor['import_ms']):.0f} + "
+        f"{statistics.median(floor['startup_ms']):.0f}; installed imports before it "
+        f"{statistics.median(floor['installed_ms']):.0f})")
+    restart = series(dev, "thread")
+    limit = floor_ms + TARGETS["restart_over_floor_ms"]
+    row(f"tier 3: {esc.KINDS['thread'].what} → served, ms", _ms(restart)
+        + server_ms("thread"), f"{_ms(series(reload, 'thread'))} (--reload)",
+        f"≤ floor + {TARGETS['restart_over_floor_ms']:.0f} ms ({limit:.0f})",
+        _mark(statistics.median(restart) <= limit))
+    text, ok = tiers("thread", esc.KINDS["thread"].tier)
+    row('tier 3 edits "by restarting the worker" (server log)', text, "", "all", _mark(ok))
+    speedup = statistics.median(series(reload, "thread")) / statistics.median(restart)
+    row("tier 3 speed-up over uvicorn --reload's restart", f"{speedup:.1f}×", "1×",
+        f"≥ {TARGETS['restart_speedup']:.0f}×", _mark(speedup >= TARGETS["restart_speedup"]))
+    f_dev, r_dev = failed(dev, "thread")
+    f_rel, r_rel = failed(reload, "thread")
+    row("failed requests during the tier 3 edits (refused, reset, 5xx)", f"{f_dev} of {r_dev}",
+        f"{f_rel} of {r_rel} (--reload)", "0", _mark(f_dev == 0))
+    row("slowest request during the tier 3 edits, ms",
+        f"{max(series(dev, 'thread', 'slowest_request_ms')):.0f}",
+        f"{max(series(reload, 'thread', 'slowest_request_ms')):.0f} (--reload)")
     return out
 
 

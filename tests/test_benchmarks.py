@@ -40,9 +40,15 @@ def test_quick_run_reports_every_section(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     data = json.loads(out.read_text())
     assert data["sizes"]["heavy"] is False
-    assert set(data["results"]) == {"edits", "scaling", "heap", "overhead", "memory", "startup"}
-    assert {row["#"] for row in data["rows"]} == {"1", "2", "3", "4", "5", "6"}
+    assert set(data["results"]) == {"edits", "scaling", "heap", "overhead", "memory", "startup",
+                                    "escalation"}
+    assert {row["#"] for row in data["rows"]} == {"1", "2", "3", "4", "5", "6", "7"}
     edits = data["results"]["edits"]["fh_utils dev"]
     assert all(len(edits[kind]["ms"]) == 2 for kind in ("app", "helper", "function", "class"))
+    escalation = data["results"]["escalation"]
+    plain, threaded = escalation["fh_utils dev"]
+    assert all(len(plain[kind]["ms"]) == 2 for kind in ["app", *escalation["tier2"]])
+    assert len(threaded["app"]["ms"]) == len(threaded["thread"]["ms"]) == 2
+    assert len(escalation["log"][1]) >= 4  # the server's "Reloaded ..." lines were parsed
     assert "| # | measurement | fh_utils dev | uvicorn | target | met |" in result.stdout
     assert "cores" in result.stdout
