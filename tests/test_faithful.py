@@ -361,6 +361,81 @@ return PlainTextResponse(f"rate={game.RATE} tickers={tickers}")
     assert_matches_cold(server, tmp_path)
 
 
+GAME_WS_APP = """
+import asyncio
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+import game
+
+async def feed(websocket):
+    await websocket.accept()
+    if not game.TASKS:  # (a cold start under `fh_utils run` imported game outside a loop)
+        game.start()
+    queue = asyncio.Queue()
+    game.CLIENTS.add(queue)
+    try:
+        while True:
+            await websocket.send_text(await queue.get())
+    finally:
+        game.CLIENTS.discard(queue)
+
+app = Starlette(routes=[WebSocketRoute("/ws", feed)])
+"""
+
+
+def messages_per_second(port: int, seconds: float = 1.0) -> float:
+    with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+        ws.recv(timeout=5)  # the feed is running
+        count, deadline = 0, time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                ws.recv(timeout=left)
+            except TimeoutError:
+                break
+            count += 1
+    return count / seconds
+
+
+@pytest.mark.timeout(60)
+def test_game_loop_task_feeding_a_websocket_keeps_its_rate(tmp_path, serve):
+    """A cold start's one loop sends 20 messages a second, whatever was saved before."""
+    game = """
+        import asyncio
+
+        VERSION = {n}
+        CLIENTS = set()
+        TASKS = []
+
+        async def loop():
+            while True:
+                for queue in CLIENTS:
+                    queue.put_nowait(f"tick v{{VERSION}}")
+                await asyncio.sleep(0.05)
+
+        def start():
+            TASKS.append(asyncio.get_running_loop().create_task(loop()))
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            start()
+    """
+    write(tmp_path / "game.py", game.format(n=1))
+    write(tmp_path / "app.py", GAME_WS_APP)
+    server = serve("app.py")
+    for n in (2, 3, 4):
+        write(tmp_path / "game.py", game.format(n=n))
+        server.wait_log("Reloaded game.py", count=n - 1)
+    hot = messages_per_second(server.port)
+    with cold_server(tmp_path) as cold_one:
+        cold_rate = messages_per_second(cold_one.port)
+    # One loop sends 20 a second; the 4 loops of a server that piled them up would send 80.
+    assert 12 <= cold_rate <= 24
+    assert abs(hot - cold_rate) <= 0.35 * cold_rate, (hot, cold_rate)
+
+
 # --- 6: a WebSocket open across a save --------------------------------------------------------
 
 WS_APP = """

@@ -490,3 +490,37 @@ def test_loaded_compiled_extension_needs_a_restart(tmp_path, serve):
     assert server.get().text == "ext"
     (tmp_path / f"_testcapi{suffix}").touch()
     server.wait_log("a compiled extension module cannot be reloaded in place; restart")
+
+
+def test_files_written_by_request_threads_while_the_reloader_takes_them(tmp_path):
+    """Request threads note the files the app writes while the watcher's side takes the set:
+    neither may see the other half-way (it once ended the watcher with 'Set changed size')."""
+    graph = ModuleGraph([tmp_path])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                graph.opened(str(tmp_path / f"out-{n}-{i % 50}.txt"), os.O_WRONLY)
+            except BaseException as exc:
+                errors.append(exc)
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    taken: set[Path] = set()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for path in graph.take_written():  # iterating while the writers add
+                taken.add(path)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    taken |= graph.take_written()
+    assert errors == []
+    assert len(taken) == 200
