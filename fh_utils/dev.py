@@ -104,7 +104,8 @@ HAND_OVER_SETTLE = 0.2  # clients of open keep-alive connections coming back, at
 
 
 class DevSession:
-    """Owns the reloader, the switch uvicorn serves, and the watcher task.
+    """Owns the reloader, the switch uvicorn serves, the watcher thread and the task that
+    applies what it reports.
 
     With a `zygote`, a reload that in place cannot make faithful goes to a new worker process
     forked from it (the third tier); `link` is set in such a worker, to the worker that asked
@@ -297,8 +298,8 @@ class DevSession:
 
     # -- watching ----------------------------------------------------------------------------
     def _start_watching(self) -> None:
-        """Watch in a thread of our own: not in anyio's thread pool, which a reload waits to
-        see idle (see `Switch.paused`)."""
+        """Watch in a thread of our own: not in anyio's thread pool, which a reload holds
+        (see `Switch.threads_held`)."""
         loop = asyncio.get_running_loop()
         thread = threading.Thread(target=self._watch, args=(loop,), daemon=True,
                                   name="fh_utils-watcher")

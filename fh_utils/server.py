@@ -5,10 +5,12 @@ generation (an app object, its lifespan state, the connections it serves). A rel
 next generation and swaps a reference: nothing rebinds, no connection is refused, and a request
 finishes on the generation it started on.
 
-While a reload runs, new connections wait at the switch, running HTTP requests are let finish
-first, and so is sync code running in the thread pool (Starlette's `run_in_threadpool`: sync
-handlers, sync streaming iterators, sync background tasks): code run that way never sees a
-module half-executed. Code in threads of the app's own does not wait (see docs/caveats.md).
+While a reload runs, new connections wait at the switch (`paused`) and running HTTP requests
+are let finish first. Sync code in the thread pool (Starlette's `run_in_threadpool`: sync
+handlers, sync streaming iterators, sync background tasks) is let finish, and kept from
+starting, while modules re-run (`threads_held`): code run that way never sees a module
+half-executed, unless it runs past the drain timeout (a warning says so). Async code cannot run
+meanwhile. Code in threads of the app's own is not held (see docs/caveats.md).
 
 A new generation starts its lifespan first (`start`), and only becomes current once the reload
 is committed (`commit`). The generation it replaces is retired: its WebSockets are closed with
