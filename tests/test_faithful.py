@@ -845,3 +845,40 @@ return PlainTextResponse(" ".join(sorted(c.name for c in db.Base.metadata.tables
     server.wait_log("Reload failed: models.py:4: InvalidRequestError: Table 'users' is already")
     assert server.get().text == "id name"  # the last good version
     assert not any(escalation in server.log for escalation in ESCALATIONS)
+
+
+LIFESPAN_TASK_APP = """
+import asyncio
+import contextlib
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+VERSION = {n}
+
+async def heartbeat():
+    while True:
+        await asyncio.sleep(0.02)
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    asyncio.get_running_loop().create_task(heartbeat())  # never stopped by the app
+    yield
+
+async def home(request):
+    beats = sum(getattr(t.get_coro(), "__name__", "") == "heartbeat" for t in asyncio.all_tasks())
+    return PlainTextResponse(f"v{{VERSION}} heartbeats={{beats}}")
+
+app = Starlette(routes=[Route("/", home)], lifespan=lifespan)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_tasks_a_retired_apps_lifespan_left_are_cancelled(tmp_path, serve):
+    """A cold start has the one task its app's lifespan started."""
+    write(tmp_path / "app.py", LIFESPAN_TASK_APP.format(n=1))
+    server = serve("app.py")
+    assert server.get().text == "v1 heartbeats=1"
+    for n in (2, 3):
+        save(server, tmp_path / "app.py", LIFESPAN_TASK_APP.format(n=n), f"v{n} ")
+    assert_matches_cold(server, tmp_path)
