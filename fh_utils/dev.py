@@ -30,6 +30,7 @@ from fh_utils.reload import Batch, Outcome, Plan, Reloader
 from fh_utils.server import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
 from fh_utils.target import AppTarget
 from fh_utils.watch import WatchSpec
+from fh_utils.watcher import Watcher
 from fh_utils.zygote import Zygote
 
 __all__ = ["DevListener", "DevOptions", "DevSession", "uvicorn_log_config"]
@@ -40,10 +41,10 @@ logger = logging.getLogger("fh_utils")
 
 CLEAR_SCREEN = "\x1b[2J\x1b[3J\x1b[H"
 
-# watchfiles reports a change once nothing more happened for `step` ms; its default (50 ms)
+# A change is reported once nothing more happened for `step` ms; watchfiles' default (50 ms)
 # alone would exceed our whole budget. Bursts still coalesce: anything arriving while a
 # reload runs is reported next, and each reload reads the files as they are then.
-WATCH_STEP_MS = 3
+WATCH_STEP_MS = 2
 
 # Files the browser loads: a change needs no Python reload, only the page told.
 STATIC_SUFFIXES = frozenset(
@@ -101,6 +102,8 @@ GENUINE = frozenset({"NameError", "UnboundLocalError", "SyntaxError", "Indentati
 CANDIDATE_TIMEOUT = 120.0  # a new worker's import and start-up, at most (beyond its lifespan's)
 STEP_DOWN_GRACE = 1.0  # a retired worker's connections finishing their request, at most
 HAND_OVER_SETTLE = 0.2  # clients of open keep-alive connections coming back, at most
+ATOMIC_SAVE_GRACE = 0.05  # a module's file gone in the middle of an editor's save
+WATCHER_READY_TIMEOUT = 5.0  # the watcher setting up its watches, at most
 
 
 class DevSession:
@@ -137,6 +140,7 @@ class DevSession:
         self.uvicorn_settings = settings
         self._adapted: tuple[Any, Any] | None = None
         self._stop = threading.Event()  # the watcher thread ends; so does the applier
+        self._watcher: Watcher | None = None
         self._changes: set[Path] = set()
         self._changed = asyncio.Event()  # set when changes arrive
         # Set when a change arrives that a reload would act on: a lifespan startup still
@@ -170,7 +174,7 @@ class DevSession:
         for note in outcome.notes:
             logger.warning(note)
         if outcome.failure is not None and self._is_mistake(outcome.failure):
-            self._stop.set()
+            self._stop_watching()
             raise StartupAbort(f"{outcome.failure.summary}: check PATH and --app")
         if outcome.failure is not None:
             await self._show_load_failure(outcome.failure)
@@ -261,7 +265,7 @@ class DevSession:
 
     async def _shutdown(self) -> None:
         """Every step runs, even when one before it fails."""
-        self._stop.set()
+        self._stop_watching()
         steps: list[Callable[[], Awaitable[None]]] = []
         if self.live is not None:
             steps.append(self.live.close)
@@ -280,7 +284,7 @@ class DevSession:
         """Ctrl+C or a newer worker: end WebSockets and streams at once (they would hold
         uvicorn's graceful shutdown forever) and stop reacting to changes."""
         self.shutting_down = True
-        self._stop.set()
+        self._stop_watching()
         if self.zygote is not None:
             with contextlib.suppress(OSError):  # stopping on purpose: not to be replaced
                 self.zygote.retiring()
@@ -297,42 +301,34 @@ class DevSession:
         self._tasks.clear()
 
     # -- watching ----------------------------------------------------------------------------
+    def _stop_watching(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.close()  # wakes its thread, asleep until a change
+
     def _start_watching(self) -> None:
         """Watch in a thread of our own: not in anyio's thread pool, which a reload holds
-        (see `Switch.threads_held`)."""
+        (see `Switch.threads_held`). Idle, it sleeps until something changes."""
         loop = asyncio.get_running_loop()
-        thread = threading.Thread(target=self._watch, args=(loop,), daemon=True,
-                                  name="fh_utils-watcher")
-        thread.start()
 
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Report changes to the loop; a failure of the watcher is logged and it restarts."""
-        while not self._stop.is_set():
+        def report(changes: set[tuple[watchfiles.Change, str]]) -> None:
             try:
-                for changes in watchfiles.watch(
-                    *self.watch.dirs,
-                    watch_filter=self._filter,
-                    step=WATCH_STEP_MS,
-                    stop_event=self._stop,
-                    rust_timeout=500,
-                    raise_interrupt=False,
-                ):
-                    paths = {Path(path) for _, path in changes}
-                    try:
-                        loop.call_soon_threadsafe(self._arrived, paths)
-                    except RuntimeError:  # the loop is closed: the session is over
-                        return
-            except Exception:
-                if self._stop.is_set():
-                    return
-                logger.exception("The file watcher failed; restarting it")
-                self._stop.wait(0.5)
-            except BaseException:  # the loop closed under us: the session is over
-                return
+                loop.call_soon_threadsafe(self._arrived, {Path(path) for _, path in changes})
+            except RuntimeError:  # the loop is closed: the session is over
+                self._stop_watching()
+
+        self._watcher = Watcher(self.watch.dirs, self._filter, self.watch.ignores, report,
+                                self._stop, WATCH_STEP_MS)
+        thread = threading.Thread(target=self._watcher.run, daemon=True, name="fh_utils-watcher")
+        thread.start()
+        # A save made from now on is seen (the app is imported next: no edit falls between).
+        self._watcher.ready.wait(WATCHER_READY_TIMEOUT)
 
     def _arrived(self, paths: set[Path]) -> None:
         self._changes.update(paths)
         self._changed.set()
+        if not self.switch.starting:
+            return  # only a lifespan startup still pending needs to know (and is cancelled)
         try:
             if self.reloader.relevant(paths):
                 self._newer.set()
@@ -362,6 +358,7 @@ class DevSession:
     async def apply(self, paths: set[Path]) -> Outcome | None:
         """Reload for these changed files and make the result live (or report why not)."""
         started = time.perf_counter()
+        paths = await self._atomic_saves(paths)
         static = sorted(p for p in paths if p.suffix.lower() in STATIC_SUFFIXES)
         plan = self.reloader.plan(paths)
         if plan is None:
@@ -400,6 +397,22 @@ class DevSession:
         if static and not self.retiring:
             await self._notify(lambda listener: listener.static_changed(static))
         return outcome
+
+    async def _atomic_saves(self, paths: set[Path]) -> set[Path]:
+        """An editor's atomic save may take the old file away a moment before the new one is
+        in place: a module's file missing now gets `ATOMIC_SAVE_GRACE` to come back before it
+        counts as deleted. What arrives meanwhile joins this reload."""
+        graph = self.reloader.graph
+        missing = [p for p in paths
+                   if p.suffix == ".py" and graph.module_for(p) is not None and not p.exists()]
+        if not missing:
+            return paths
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ATOMIC_SAVE_GRACE
+        while any(not p.exists() for p in missing) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        arrived, self._changes = self._changes, set()
+        return paths | arrived
 
     async def _reload(self, plan: Plan) -> tuple[Outcome, _Restart | None]:
         """Run the plan at the lowest tier that serves what a cold start would.
@@ -539,7 +552,7 @@ class DevSession:
         one used since the hand-over began (a browser reusing one would get the old code),
         let the others finish their request, then shut down (uvicorn's graceful shutdown)."""
         self.retiring = True
-        self._stop.set()
+        self._stop_watching()
         self._changed.set()  # lets the applier loop end
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no shutdown chatter
         if self.zygote is not None:
@@ -580,7 +593,8 @@ class DevSession:
             how,
             (time.perf_counter() - started) * 1000,
         )
-        logger.debug("Re-executed, in order: %s", ", ".join(outcome.reran))
+        logger.debug("Re-executed, in order: %s (their own code: %.1f ms)",
+                     ", ".join(outcome.reran), outcome.module_seconds * 1000)
 
     async def _notify(self, event: Callable[[DevListener], Awaitable[None]]) -> None:
         for listener in self.listeners:

@@ -28,6 +28,7 @@ import inspect
 import logging
 import os
 import sys
+import time
 import types
 import weakref
 from collections.abc import Callable, Iterable
@@ -85,6 +86,7 @@ class Outcome:
     tier: Tier = "in place"
     cause: str | None = None  # why a higher tier ran
     released: list[str] = field(default_factory=list)  # cached functions gone, values released
+    module_seconds: float = 0.0  # spent running the modules' own code (the floor of a reload)
 
     @property
     def dependents(self) -> int:
@@ -352,7 +354,7 @@ class Reloader:
                     keeper.expect(name, snapshot)
                     _superreload(module, self._reexec(snapshot, batch), self._scratch)
                     batch.done.append((module, snapshot))
-                    _reattach_submodules(module)
+                    _reattach_submodules(module, snapshot)
                     batch.outcome.reran.append(name)
                 if plan.needs_import:
                     importlib.import_module(self.target.module)
@@ -384,8 +386,10 @@ class Reloader:
                 batch.keeper.expect(name, dict(module.__dict__))
                 batch.remove_module(name)
             importlib.invalidate_caches()
+            started = time.perf_counter()
             with batch.keeper.active():
                 importlib.import_module(self.target.module)
+            batch.outcome.module_seconds += time.perf_counter() - started
             batch.app = self._resolve_app(fresh=True)
             batch.outcome.reran = [n for n in self.graph.modules() if n in sys.modules]
         except _Unfaithful as exc:
@@ -402,6 +406,7 @@ class Reloader:
         """The `reload` that superreload calls: run the module, or put it back as it was."""
 
         def reexec(module: types.ModuleType) -> types.ModuleType:
+            started = time.perf_counter()
             try:
                 return importlib.reload(module)
             except BaseException as exc:
@@ -409,6 +414,7 @@ class Reloader:
                 module.__dict__.update(snapshot)
                 raise _ModuleFailed(module.__name__, exc) from None
             finally:
+                batch.outcome.module_seconds += time.perf_counter() - started
                 # superreload has just collected the module's old objects and would patch
                 # them now, module by module; we take them and patch once the whole batch
                 # is committed (Batch.commit), so its own update step finds nothing to do.
@@ -694,9 +700,12 @@ class AppNotFound(Exception):
 def _unexpressible(done: list[tuple[types.ModuleType, dict[str, Any]]]) -> Escalation | None:
     """A class change that no in-place update can carry to existing objects."""
     for module, previous in done:
+        namespace = module.__dict__
         for name, old in previous.items():
-            new = module.__dict__.get(name)
-            if (not isinstance(old, type) or not isinstance(new, type) or old is new
+            if not isinstance(old, type):
+                continue
+            new = namespace.get(name)
+            if (not isinstance(new, type) or old is new
                     or getattr(old, "__module__", None) != module.__name__):
                 continue
             what = f"{module.__name__}.{old.__qualname__}"
@@ -722,14 +731,17 @@ def _state(path: Path) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _reattach_submodules(module: types.ModuleType) -> None:
-    """A package's cleared namespace loses its submodule attributes: put them back."""
+def _reattach_submodules(module: types.ModuleType, previous: dict[str, Any]) -> None:
+    """A package's cleared namespace loses its submodule attributes: put back those it had
+    that are still loaded."""
     if not hasattr(module, "__path__"):
         return
     prefix = module.__name__ + "."
-    for name, sub in list(sys.modules.items()):
-        if name.startswith(prefix) and "." not in name[len(prefix):] and sub is not None:
-            module.__dict__.setdefault(name[len(prefix):], sub)
+    namespace = module.__dict__
+    for name, sub in previous.items():
+        if (isinstance(sub, types.ModuleType) and sub.__name__ == prefix + name
+                and sys.modules.get(sub.__name__) is sub):
+            namespace.setdefault(name, sub)
 
 
 def _alive(refs: list[weakref.ref[Any]]) -> list[Any]:

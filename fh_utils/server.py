@@ -207,6 +207,7 @@ class Switch:
         # request running or made meanwhile are noted (`begin_hand_over`).
         self.handing_over = False
         self.recent_clients: set[Any] = set()
+        self.starting = 0  # lifespan startups pending
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -332,11 +333,14 @@ class Switch:
         if self.current is not None and self.current.app is app:
             return self.current
         generation = Generation(app, self._lifespan_mode)
+        self.starting += 1
         try:
             await generation.startup(self.timeouts.lifespan, cancel)
         except BaseException:
             await generation.shutdown(self.timeouts.lifespan)
             raise
+        finally:
+            self.starting -= 1
         return generation
 
     async def commit(self, generation: Generation) -> tuple[int, int]:

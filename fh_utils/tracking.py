@@ -166,28 +166,62 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
         name: str, globals: Any = None, locals: Any = None,  # noqa: A002
         fromlist: Sequence[str] = (), level: int = 0,
     ) -> Any:
-        with effects.detached():  # what importing a module does is that module's, not ours
-            module = original(name, globals, locals, fromlist, level)
-        if graph.executing() is None:
-            return module
+        importer = graph.executing()
+        if importer is None:  # another thread, while a project module runs
+            return original(name, globals, locals, fromlist, level)
+        if _loaded(_absolute(name, globals, level), fromlist):
+            module = original(name, globals, locals, fromlist, level)  # a lookup: no effects
+        else:
+            with effects.detached():  # what importing a module does is that module's
+                module = original(name, globals, locals, fromlist, level)
         if fromlist:
             base = module.__name__
-            names = [base, *(f"{base}.{item}" for item in fromlist if isinstance(item, str))]
+            graph.record_imports(importer, [base, *(f"{base}.{item}" for item in fromlist
+                                                    if isinstance(item, str))])
+        elif "." not in name:
+            graph.record_imports(importer, (name,))
         else:
             parts = name.split(".")
-            names = [".".join(parts[: i + 1]) for i in range(len(parts))]
-        graph.record_imports(names)
+            graph.record_imports(importer, [".".join(parts[: i + 1]) for i in range(len(parts))])
         return module
 
     return __import__
 
 
+def _absolute(name: str, globals: Any, level: int) -> str | None:
+    """The absolute name `__import__(name, globals, level=level)` imports, if cheap to tell."""
+    if level == 0:
+        return name
+    package = globals.get("__package__") if isinstance(globals, dict) else None
+    if not package:
+        return None
+    bits = package.rsplit(".", level - 1)
+    if len(bits) < level:
+        return None
+    return f"{bits[0]}.{name}" if name else bits[0]
+
+
+def _loaded(name: str | None, fromlist: Sequence[str]) -> bool:
+    """Whether importing `name` (and `fromlist` from it) only looks up loaded modules."""
+    module = sys.modules.get(name) if name else None
+    if module is None:
+        return False
+    for item in fromlist or ():
+        if item == "*" or not (hasattr(module, item) or f"{name}.{item}" in sys.modules):
+            return False
+    return True
+
+
 def _make_import_module(original: Callable[..., Any], graph: ModuleGraph) -> Callable[..., Any]:
     def import_module(name: str, package: str | None = None) -> types.ModuleType:
-        with effects.detached():
+        if name in sys.modules:
             module: types.ModuleType = original(name, package)
-        if graph.executing() is not None:
-            graph.record_imports([module.__name__])
+        else:
+            with effects.detached():
+                module = original(name, package)
+        importer = graph.executing()
+        if importer is not None:
+            graph.record_imports(importer, (module.__name__,))
         return module
 
     import_module.__doc__ = original.__doc__

@@ -15,6 +15,7 @@ first. If the worker that serves dies unexpectedly, the zygote starts a new one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -160,17 +161,30 @@ class _Zygote:
         self.selector.register(control, selectors.EVENT_READ)
         self.excluded: set[str] = set()
         self.environ = dict(os.environ)  # before the env file: each worker starts from it
+        self._child_r = self._child_w = -1
 
     def run(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the main process's business
         signal.signal(signal.SIGTERM, lambda *_: self._stop_and_exit())
+        # A child that exits wakes the loop (through this pipe); nothing else does, so an
+        # idle zygote costs nothing.
+        self._child_r, self._child_w = os.pipe()
+        for fd in (self._child_r, self._child_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._child_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(self._child_r, selectors.EVENT_READ)
         while True:
-            self._poll(0.5)
+            self._poll(None)
             self._reap()
 
-    def _poll(self, timeout: float) -> None:
+    def _poll(self, timeout: float | None) -> None:
         for key, _ in self.selector.select(timeout):
             sock = key.fileobj
+            if sock == self._child_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._child_r, 4096)
+                continue
             assert isinstance(sock, socket.socket)
             try:
                 received = channel.recv(sock)
@@ -219,8 +233,12 @@ class _Zygote:
         self.selector.register(ours, selectors.EVENT_READ)
 
     def _become_worker(self) -> None:
+        signal.set_wakeup_fd(-1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        for fd in (self._child_r, self._child_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if os.environ != self.environ:  # the worker loads the env file as it is now
             os.environ.clear()
             os.environ.update(self.environ)
@@ -240,7 +258,7 @@ class _Zygote:
             child = self.children.pop(pid, None)
             if child is None:
                 continue
-            with _quiet():
+            with contextlib.suppress(Exception):
                 self.selector.unregister(child.link)
             child.link.close()
             if child.serving and not child.retiring:
@@ -256,14 +274,14 @@ class _Zygote:
         if env_file:
             from fh_utils.envfile import EnvFile
 
-            with _quiet():
+            with contextlib.suppress(Exception):
                 EnvFile(env_file).load()
         threads = threading.active_count()
         for name in modules:
             if name in sys.modules or name in self.excluded:
                 continue
             self._poll(0)  # a fork request does not wait for the preload
-            with _quiet():
+            with contextlib.suppress(BaseException):  # SystemExit at import, too
                 importlib.import_module(name)
             if threading.active_count() > threads:
                 # Forking now could copy a lock that thread holds: stop here, and start over
@@ -285,34 +303,24 @@ class _Zygote:
 
     def _stop_and_exit(self) -> NoReturn:
         for pid in list(self.children):
-            with _quiet():
+            with contextlib.suppress(Exception):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
         while self.children and time.monotonic() < deadline:
             self._reap_quietly()
             time.sleep(0.01)
         for pid in list(self.children):
-            with _quiet():
+            with contextlib.suppress(Exception):
                 os.kill(pid, signal.SIGKILL)
         self._reap_quietly()
         os._exit(0)
 
     def _reap_quietly(self) -> None:
         for pid in list(self.children):
-            with _quiet():
+            with contextlib.suppress(Exception):
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if done:
                     del self.children[pid]
-
-
-class _quiet:  # noqa: N801
-    """Suppress and forget any exception (a preload that fails, a process already gone)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def _supervise(control: socket.socket, pid: int) -> None:

@@ -1,0 +1,66 @@
+"""fh_utils.watcher: changes reported in bursts, from new directories too; close() ends it."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from watchfiles import Change
+
+from fh_utils.watcher import Watcher, _Doorbell
+
+Reports = queue.Queue[set[tuple[Change, str]]]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Reports, Watcher]]:
+    reports: Reports = queue.Queue()
+    stop = threading.Event()
+    watcher = Watcher([tmp_path], keep=lambda change, path: not path.endswith(".log"),
+                      ignore=lambda path: path.name == "node_modules", report=reports.put,
+                      stop=stop)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    assert watcher.ready.wait(10)
+    try:
+        yield reports, watcher
+    finally:
+        watcher.close()
+        thread.join(5)
+    assert not thread.is_alive(), "close() did not end the watcher"
+
+
+def paths(reports: Reports, want: set[Path], timeout: float = 10) -> set[str]:
+    """Every path reported until all of `want` were, or fail after `timeout` seconds."""
+    seen: set[str] = set()
+    while not {str(p) for p in want} <= seen:
+        seen |= {path for _, path in reports.get(timeout=timeout)}
+    return seen
+
+
+def test_a_burst_is_one_report_and_new_directories_are_watched(tmp_path, watched):
+    reports, _ = watched
+    (tmp_path / "log.log").write_text("ignored by the filter\n")
+    files = [tmp_path / f"f{i}.py" for i in range(5)]
+    for path in files:
+        path.write_text("x = 1\n")
+    seen = paths(reports, set(files))
+    assert str(tmp_path / "log.log") not in seen
+    late = tmp_path / "late" / "deeper"
+    late.mkdir(parents=True)  # created after the watcher started: watched from now on
+    (late / "mod.py").write_text("y = 2\n")
+    paths(reports, {late / "mod.py"})
+
+
+def test_the_doorbell_watches_directories_but_ignored_ones(tmp_path):
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "node_modules" / "lib").mkdir(parents=True)
+    doorbell = _Doorbell.create([tmp_path], lambda path: path.name == "node_modules")
+    if doorbell is None:
+        pytest.skip("inotify is Linux's")  # the fallback is watchfiles' own loop
+    with doorbell:
+        watched_dirs = set(doorbell._dirs.values())
+    assert watched_dirs == {tmp_path, tmp_path / "src", tmp_path / "src" / "pkg"}
