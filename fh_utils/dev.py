@@ -365,6 +365,13 @@ class DevSession:
             if static:
                 await self._notify(lambda listener: listener.static_changed(static))
             return None
+        if plan.pages:  # templates and data files read per request: the pages show them
+            logger.debug("%s changed: read while handling requests; open pages refresh",
+                         ", ".join(str(p) for p in plan.pages))
+            static = sorted({*static, *plan.pages})
+            if not plan.runnable and not plan.outcome.notes:
+                await self._notify(lambda listener: listener.static_changed(static))
+                return plan.outcome
         outcome = plan.outcome
         ran = plan.runnable  # (the plan's outcome keeps what a lower tier hit)
         if ran:

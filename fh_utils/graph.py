@@ -12,6 +12,7 @@ put it back as it was when a batch of re-runs is rolled back.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dis
 import functools
@@ -30,7 +31,7 @@ from typing import Any
 from fh_utils._frames import asked_by_project
 from fh_utils.watch import ignored_by_default
 
-__all__ = ["GraphState", "Listing", "ModuleGraph", "Resource"]
+__all__ = ["HANDLING_REQUEST", "GraphState", "Listing", "ModuleGraph", "Resource"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class Listing:
 Resource = Path | Listing | str
 
 _CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so")  # imports, not reads
+
+# True while the switch hands a request to the app (its task, and the threads it runs sync code
+# in: anyio copies the context), so that files read then are known as read per request.
+HANDLING_REQUEST: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fh_utils_handling_request", default=False)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
 
 
@@ -89,6 +95,9 @@ class ModuleGraph:
         self.cache_reads: dict[object, set[Resource]] = {}  # cache entry -> what it read
         self.cache_users: dict[object, set[str]] = {}  # cache entry -> modules that computed it
         self.listings: dict[Path, frozenset[str]] = {}  # directory -> its entries when read
+        # Files read while a request was handled (a template, a Markdown page): a change to one
+        # re-runs nothing, but the pages that show it are refreshed (`--live`).
+        self.request_reads: set[Path] = set()
         self._written: set[Path] = set()  # files opened for writing since the reloader looked
         # The cache entry computing in this thread, if any (see fh_utils.cache.engine).
         self.computing: Callable[[], object | None] = _nothing
@@ -253,7 +262,8 @@ class ModuleGraph:
         if not isinstance(file, str):  # a file descriptor
             return
         write = flags & _WRITE_FLAGS
-        if not write and self.executing() is None and self.computing() is None:
+        module_run = self.executing() is not None or self.computing() is not None
+        if not write and not module_run and not HANDLING_REQUEST.get():
             return
         path = os.path.abspath(file)
         if not path.startswith(self.prefixes) or path.endswith(_CODE_SUFFIXES):
@@ -264,8 +274,11 @@ class ModuleGraph:
         if write:
             with self._lock:
                 self._written.add(resolved)
-        else:
+        elif module_run:
             self.read(resolved)
+        elif resolved not in self.request_reads:
+            with self._lock:
+                self.request_reads.add(resolved)
 
     def listed(self, directory: object) -> None:
         """A directory's entries were listed: a module or cache entry that did depends on them.

@@ -104,6 +104,7 @@ class Plan:
     removed: list[str] = field(default_factory=list)  # modules whose file is gone
     env: Changes = field(default_factory=dict)  # variables the env file changes
     paths: set[Path] = field(default_factory=set)  # every change this plan covers
+    pages: list[Path] = field(default_factory=list)  # files only requests read: refresh pages
 
     @property
     def runnable(self) -> bool:
@@ -121,6 +122,7 @@ class _Found:
     readers: set[str] = field(default_factory=set)  # modules that read a changed resource
     caches: dict[object, str] = field(default_factory=dict)  # cache entries that did
     env: Changes = field(default_factory=dict)
+    pages: list[Path] = field(default_factory=list)  # read by requests only: refresh pages
 
     @property
     def relevant(self) -> bool:
@@ -260,6 +262,8 @@ class Reloader:
         self._pending = set(paths)
         if not (found.relevant or (needs_import and outcome.changed)):
             self._pending = set()
+            if found.pages:
+                return Plan([], False, outcome, pages=found.pages)
             return Plan([], False, outcome) if outcome.notes else None
 
         for name in sorted(found.changed):  # a syntax error must change nothing
@@ -273,7 +277,7 @@ class Reloader:
         affected = self.graph.dependents(found.changed | found.readers | removed) - removed
         order = [n for n in self.graph.ordered(affected) if n in sys.modules]
         return Plan(order, needs_import, outcome, list(found.caches.items()), sorted(removed),
-                    found.env, paths)
+                    found.env, paths, found.pages)
 
     def _analyze(self, paths: set[Path], outcome: Outcome, probe: bool = False) -> _Found:
         """Which loaded modules, readers and caches `paths` affect."""
@@ -314,6 +318,8 @@ class Reloader:
                 found.readers |= modules
                 for entry in entries:
                     found.caches.setdefault(entry, label)
+            elif isinstance(resource, Path) and resource in self.graph.request_reads:
+                found.pages.append(resource)
         found.readers = {name for name in found.readers if name in sys.modules}
         return found
 

@@ -32,6 +32,7 @@ from typing import Any
 from fh_utils import effects
 from fh_utils._asgi import ASGIApp, Message, Receive, Scope, Send
 from fh_utils.errors import Failure
+from fh_utils.graph import HANDLING_REQUEST
 
 __all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch", "Timeouts"]
 
@@ -226,6 +227,7 @@ class Switch:
         connection = _Connection(kind, send, scope.get("client"))
         generation.connections.add(connection)
         generation.idle.clear()
+        handling = HANDLING_REQUEST.set(True)
         try:
             if kind == "http":
                 await self._http(generation.app, scope, receive, connection)
@@ -234,6 +236,7 @@ class Switch:
         except ConnectionRetired:
             pass  # the app sent on a connection a reload ended
         finally:
+            HANDLING_REQUEST.reset(handling)
             generation.connections.discard(connection)
             if not generation.connections:
                 generation.idle.set()

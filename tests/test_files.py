@@ -524,3 +524,39 @@ def test_files_written_by_request_threads_while_the_reloader_takes_them(tmp_path
     taken |= graph.take_written()
     assert errors == []
     assert len(taken) == 200
+
+
+def test_template_read_per_request_refreshes_pages_without_a_python_reload(tmp_path, serve):
+    """A page's template read while handling the request: a save refreshes open pages (the
+    next request reads it anyway), and no module re-runs."""
+    import json
+
+    from websockets.sync.client import connect
+
+    write(tmp_path / "templates" / "page.html", "<!doctype html><html><body><h1>{{ title }}</h1>"
+          "<p>first template</p></body></html>\n")
+    write(tmp_path / "app.py", """
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+        from starlette.templating import Jinja2Templates
+
+        templates = Jinja2Templates(directory="templates")
+
+        def home(request):
+            return templates.TemplateResponse(request, "page.html", {"title": "Shop"})
+
+        app = Starlette(routes=[Route("/", home)])
+    """)
+    server = serve("app.py", "--live")
+    assert "first template" in server.get().text  # read now, by the request
+    url = f"ws://127.0.0.1:{server.port}/__fh_utils_live__"
+    with connect(url, origin=server.url, open_timeout=5) as socket:
+        write(tmp_path / "templates" / "page.html", "<!doctype html><html><body>"
+              "<h1>{{ title }}</h1><p>second template</p></body></html>\n")
+        deadline = time.monotonic() + 10
+        kinds = []
+        while "reload" not in kinds and time.monotonic() < deadline:
+            kinds.append(json.loads(socket.recv(timeout=deadline - time.monotonic()))["type"])
+    assert "reload" in kinds
+    assert "second template" in server.get().text
+    assert "Reloaded" not in server.log  # nothing re-ran
