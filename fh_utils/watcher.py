@@ -41,7 +41,8 @@ _IN_MASK = (0x2 | 0x4 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # what watc
 _IN_CREATE, _IN_MOVED_TO, _IN_ISDIR, _IN_Q_OVERFLOW = 0x100, 0x80, 0x40000000, 0x4000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then the name)
 DEBOUNCE_MS = 1_600  # a burst of changes is reported after this long at most (watchfiles')
-COLLECT_TIMEOUT_MS = 20  # how long to wait for watchfiles to report what rang the doorbell
+COLLECT_TIMEOUT_MS = 20  # waiting, without sleeping, for watchfiles to report what rang
+LATE_TIMEOUT_MS = 2_000  # then waiting for it, stepping, when it lags (a loaded machine)
 
 
 class Watcher:
@@ -103,9 +104,13 @@ class Watcher:
             if not self._burst(doorbell):
                 return
             # Nothing more for `step_ms`: the burst (an editor's atomic save) is over, and
-            # watchfiles has seen it too. Collect at once (a zero step, so no sleeping; it
-            # gives up after COLLECT_TIMEOUT_MS if watchfiles saw nothing it reports).
+            # watchfiles has most likely seen it too: collect at once (a zero step, no
+            # sleeping). Under load its thread may lag: then wait for it, stepping, a while
+            # longer (a change that rang only the doorbell, such as a bare chmod on some
+            # systems, costs that wait).
             changes = notify.watch(DEBOUNCE_MS, 0, COLLECT_TIMEOUT_MS, self.stop)
+            if changes == "timeout":
+                changes = notify.watch(DEBOUNCE_MS, self.step_ms, LATE_TIMEOUT_MS, self.stop)
             if isinstance(changes, set):
                 self._report(changes)
 
