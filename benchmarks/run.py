@@ -18,7 +18,11 @@ Sections (each next to uvicorn on the same fixture, see benchmarks/fixture.py):
    ones, on a fixture whose installed imports dominate start-up (benchmarks/escalation.py);
    the tier each took (from the server's log), failed requests, and the floor of a restart
    (the project's own import and start-up in a fresh process with the installed packages
-   already imported).
+   already imported);
+8. save to pixels (`--live`): from writing app.py to the new text painted in headless Chromium,
+   full reload next to morph, with and without a scrolled page and typed input (and whether
+   they were kept), with each edit's profile (benchmarks/save_to_pixels.py). It needs
+   /usr/bin/chromium and playwright; `--quick` runs it only when named (`--only 8`).
 
 Prints a Markdown table with each target and whether it is met, and writes every raw figure
 as JSON under benchmarks/results/ (or `--json FILE`). Targets are shown, never asserted.
@@ -48,6 +52,7 @@ from typing import Any
 import httpx
 
 from benchmarks import escalation as esc
+from benchmarks import save_to_pixels
 from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
 from benchmarks.harness import ROOT, Hammer, Server, requests_per_second, wait_served
 
@@ -66,6 +71,7 @@ class Sizes:
     reloads: int = 200
     starts: int = 3
     floor_runs: int = 5  # (7) cold imports of the project, for the floor of a restart
+    pixel_edits: int = 10  # (8) per series
     heavy: bool = True  # numpy and pandas in the fixture
     load_seconds: float = 2.0  # the simulated model load
 
@@ -78,7 +84,8 @@ class Sizes:
 
 
 QUICK = Sizes(edits=2, dev_edits=2, extra_modules=5, heap_objects=10_000, rps_seconds=1.0,
-              rps_rounds=1, reloads=5, starts=1, floor_runs=1, heavy=False, load_seconds=0.2)
+              rps_rounds=1, reloads=5, starts=1, floor_runs=1, pixel_edits=2, heavy=False,
+              load_seconds=0.2)
 
 TARGETS = {
     "edit_ms": 40.0,  # (1) median, both edit kinds
@@ -90,6 +97,7 @@ TARGETS = {
     "startup_s": 0.5,  # (6) more than uvicorn
     "restart_over_floor_ms": 100.0,  # (7) a tier-3 edit, over the project's import + start-up
     "restart_speedup": 5.0,  # (7) a tier-3 edit, over uvicorn --reload's restart
+    "pixels_ms": 40.0,  # (8) median save to pixels, morph, state kept
 }
 
 
@@ -330,6 +338,12 @@ class Bench:
         return {"ms": floor, "import_ms": out["import_s"], "startup_ms": out["startup_s"],
                 "installed_ms": out["installed_s"]}
 
+    def pixels(self) -> dict[str, Any]:
+        """(8): save to pixels with --live, full reload and morph (benchmarks/save_to_pixels.py)."""
+        self.log(f"8. save to pixels: {self.sizes.pixel_edits} edits per series, headless "
+                 "Chromium")
+        return save_to_pixels.run(self.workdir, self.sizes.pixel_edits, self.log)
+
 
 def reload_log(text: str) -> list[dict[str, Any]]:
     """fh_utils dev's "Reloaded ..." lines, in order: the file, the tier, the cause, the ms."""
@@ -351,7 +365,8 @@ def reload_log(text: str) -> list[dict[str, Any]]:
 
 
 SECTIONS = {1: "edits", 2: "scaling", 3: "heap", 4: "overhead", 5: "memory", 6: "startup",
-            7: "escalation"}
+            7: "escalation", 8: "pixels"}
+QUICK_SKIPS = {8}  # needs a browser: `--quick` runs it only when named
 # (1) and (2) run as one session (see Bench.edits); (2) needs (1)'s figures for its ratio.
 
 
@@ -470,6 +485,41 @@ def rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, str]]:
     escalation = results.get("escalation")
     if escalation:
         out += _escalation_rows(escalation, sizes)
+    pixels = results.get("pixels")
+    if pixels:
+        out += _pixel_rows(pixels)
+    return out
+
+
+def _pixel_rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+
+    def row(what: str, dev: str, target: str = "", met: str = "") -> None:
+        out.append({"#": "8", "measurement": what, DEV: dev, "uvicorn": "", "target": target,
+                    "met": met})
+
+    if "skipped" in results:
+        row("save to pixels", f"not measured: {results['skipped']}")
+        return out
+    for mode, how in (("reload", "full reload (--no-live-morph)"), ("morph", "morph")):
+        for state in (False, True):
+            series = results[f"{mode}{'+state' if state else ''}"]
+            ms, n = series["ms"], len(series["ms"])
+            text = _ms(ms)
+            if state:
+                kept = sum(bool(k) for k in series["kept"])
+                text += f"; kept {kept} of {n}"
+            target = met = ""
+            if mode == "morph" and state:
+                target = f"median ≤ {TARGETS['pixels_ms']:.0f} ms, state kept"
+                met = _mark(statistics.median(ms) <= TARGETS["pixels_ms"] and kept == n)
+            where = "page scrolled + text typed (all kept?)" if state else "page at rest"
+            row(f"save → new text painted, {how}, {where}, ms (median of {n})", text, target,
+                met)
+    series = results["morph+state"]
+    row("morph, scrolled + typed: save → refresh starts / page request / last byte → pixels, "
+        "ms (medians)", " / ".join(f"{statistics.median(series[k]):.1f}"
+                                   for k in ("to_refresh", "request", "to_pixels")))
     return out
 
 
@@ -634,6 +684,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     parser.add_argument("--rps-seconds", type=float)
     parser.add_argument("--reloads", type=int, help="reloads for the memory section")
     parser.add_argument("--starts", type=int, help="starts per server for the start-up section")
+    parser.add_argument("--pixel-edits", type=int, help="edits per series for save to pixels")
     parser.add_argument("--light", action="store_true",
                         help="stdlib-only fixture even without --quick")
     parser.add_argument("--json", type=Path, help="where to write the results "
@@ -643,7 +694,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     names = ("edits", "dev_edits", "extra_modules", "heap_objects", "rps_seconds", "reloads",
-             "starts")
+             "starts", "pixel_edits")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.light:
         overrides.update(heavy=False)
@@ -651,7 +702,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     if min(sizes.edits, sizes.dev_edits) < 1:
         parser.error("--edits and --dev-edits must be at least 1")
     try:
-        args.sections = sorted({int(s) for s in args.only.split(",")}) if args.only else [*SECTIONS]
+        args.sections = sorted({int(s) for s in args.only.split(",")}) if args.only else [
+            s for s in SECTIONS if not (args.quick and s in QUICK_SKIPS)]
     except ValueError:
         parser.error("--only takes section numbers, e.g. 1,3")
     if not set(args.sections) <= set(SECTIONS):

@@ -25,7 +25,8 @@ _UVICORN: click.Command = sys.modules["uvicorn.main"].main  # the `uvicorn` comm
 # uvicorn options fh_utils defines itself, or that the commands below never take.
 _NOT_COPIED = {"app", "reload", "version", "factory", "port"}
 _RELOAD_OPTIONS = ("reload_dirs", "reload_includes", "reload_excludes", "reload_delay")
-_DEV_ONLY = ("escalate", "keep_connections", "timeout_lifespan", "allowed_hosts")
+_DEV_ONLY = ("escalate", "keep_connections", "timeout_lifespan", "allowed_hosts", "live_morph",
+             "editor")
 
 # Options that exist on a command but cannot apply there: refused with the reason.
 DEV_REFUSED = {
@@ -158,6 +159,12 @@ def main() -> None:
               "change, like uvicorn --reload; no: do not watch.")
 @click.option("--live/--no-live", default=False, envvar=_env("live"),
               help="Refresh open browser pages after each reload and show errors in the page.")
+@click.option("--live-morph/--no-live-morph", default=True, envvar=_env("live_morph"),
+              help="With --live, update open pages in place (scroll, focus and typed input "
+              "kept); --no-live-morph reloads them instead.")
+@click.option("--editor", default=None, envvar=_env("editor"),
+              help="Command that opens file:line links of the --live overlay (default: "
+              "$VISUAL, $EDITOR, or code, cursor, vim, emacs or idea found on PATH).")
 @click.option("--clear/--no-clear", default=False, envvar=_env("clear"),
               help="Clear the terminal before each reload, so only the latest output shows.")
 @click.option("--escalate/--no-escalate", default=True, envvar=_env("escalate"),
@@ -195,6 +202,8 @@ def dev(ctx: click.Context, /, **values: Any) -> None:
             log_level=kwargs.pop("log_level"),
             reload=values["reload"],
             live=values["live"],
+            live_morph=values["live_morph"],
+            editor=values["editor"],
             clear=values["clear"],
             reload_dirs=list(values["reload_dirs"]),
             reload_includes=list(values["reload_includes"]),

@@ -25,7 +25,7 @@ from fh_utils import effects
 from fh_utils.channel import Channel
 from fh_utils.errors import Failure
 from fh_utils.hosts import HostGuard
-from fh_utils.live import LiveHub, LiveReloadMiddleware
+from fh_utils.live import STATIC_SUFFIXES, LiveHub, LiveReloadMiddleware, editor_href, fasthtml_live
 from fh_utils.reload import Batch, Outcome, Plan, Reloader
 from fh_utils.server import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
 from fh_utils.target import AppTarget
@@ -33,7 +33,7 @@ from fh_utils.watch import WatchSpec
 from fh_utils.watcher import Watcher
 from fh_utils.zygote import Zygote
 
-__all__ = ["DevListener", "DevOptions", "DevSession", "uvicorn_log_config"]
+__all__ = ["STATIC_SUFFIXES", "DevListener", "DevOptions", "DevSession", "uvicorn_log_config"]
 
 _WSGIMiddleware: Any = getattr(wsgi, "WSGIMiddleware")  # noqa: B009  # uvicorn's, or a2wsgi's
 
@@ -46,11 +46,6 @@ CLEAR_SCREEN = "\x1b[2J\x1b[3J\x1b[H"
 # reload runs is reported next, and each reload reads the files as they are then.
 WATCH_STEP_MS = 2
 
-# Files the browser loads: a change needs no Python reload, only the page told.
-STATIC_SUFFIXES = frozenset(
-    {".css", ".js", ".mjs", ".map", ".png", ".jpg", ".jpeg", ".gif", ".svg", ".ico", ".webp",
-     ".avif", ".woff", ".woff2", ".ttf", ".otf"}
-)
 
 
 class DevListener(Protocol):
@@ -76,6 +71,8 @@ class DevOptions:
     log_level: str | None = "info"
     reload: Literal["fast", "full", "no"] = "fast"
     live: bool = False
+    live_morph: bool = True  # --live pages morph in place (False: they reload)
+    editor: str | None = None  # the command that opens files from the overlay (fh_utils.editor)
     clear: bool = False
     escalate: bool = True  # re-import or restart when in place cannot be faithful
     keep_connections: bool = False  # leave a retired app's WebSockets and streams open
@@ -136,7 +133,8 @@ class DevSession:
         self._interface = settings.pop("interface", "auto")
         self.switch = Switch(self._startup, self._shutdown, settings.pop("lifespan", "auto"),
                              Timeouts(lifespan=options.timeout_lifespan),
-                             keep_connections=options.keep_connections)
+                             keep_connections=options.keep_connections,
+                             editor_link=editor_href if options.live else None)
         self.uvicorn_settings = settings
         self._adapted: tuple[Any, Any] | None = None
         self._stop = threading.Event()  # the watcher thread ends; so does the applier
@@ -151,9 +149,11 @@ class DevSession:
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
         self.live: LiveHub | None = None
         if options.live:
-            self.live = LiveHub()
+            self.live = LiveHub(self.reloader.graph.is_project_file)
             self.listeners.append(self.live)
-            self.asgi = LiveReloadMiddleware(self.switch, self.live)
+            self.asgi = LiveReloadMiddleware(
+                self.switch, self.live, morph=options.live_morph, editor=options.editor,
+                roots=self.watch.dirs, is_project_file=self.reloader.graph.is_project_file)
         self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host)
         self._prepared = False  # a new worker: its app was loaded before uvicorn started
 
@@ -184,6 +184,12 @@ class DevSession:
                 (time.perf_counter() - started) * 1000,
             )
             self._preload()
+            if not self.options.live and fasthtml_live(outcome.app):
+                logger.warning(
+                    "%s is built with fast_app(live=True): its script refreshes open pages "
+                    "only when its socket drops, not for CSS or template edits; pass --live "
+                    "for fh_utils' live refresh (it replaces that script)",
+                    self.options.target.label)
         if self.options.reload == "fast":
             self._spawn(self._apply_changes())
 

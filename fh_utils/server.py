@@ -188,12 +188,14 @@ class Switch:
         lifespan: str = "auto",
         timeouts: Timeouts | None = None,
         keep_connections: bool = False,
+        editor_link: Callable[[str, int | None, str], str] | None = None,
     ) -> None:
         self._on_startup = on_startup
         self._lifespan_mode = lifespan
         self._on_shutdown = on_shutdown
         self.timeouts = timeouts or Timeouts()
         self.keep_connections = keep_connections
+        self.editor_link = editor_link  # (file, line, root_path) -> URL opening it (--live)
         self.current: Generation | None = None
         self.failure: Failure | None = None
         self._open = asyncio.Event()
@@ -235,6 +237,13 @@ class Switch:
                 await generation.app(scope, receive, connection.send)
         except ConnectionRetired:
             pass  # the app sent on a connection a reload ended
+        except Exception:
+            if not connection.closed:
+                raise
+            # The app failed on a connection a reload ended (Starlette turns our error into
+            # WebSocketDisconnect, which a handler may not expect): that is the reload's doing.
+            logger.debug("A handler of the previous app failed after its connection was "
+                         "closed by a reload", exc_info=True)
         finally:
             HANDLING_REQUEST.reset(handling)
             generation.connections.discard(connection)
@@ -410,6 +419,15 @@ class Switch:
         finally:
             self._retiring.pop(generation, None)
 
+    def _summary(self, failure: Failure, scope: Scope) -> str:
+        """`file:line: error`, the location a link that opens it in the editor (`--live`)."""
+        if self.editor_link is None or not failure.file:
+            return html.escape(failure.summary)
+        label = f"{failure.file}:{failure.line}" if failure.line else failure.file
+        href = self.editor_link(failure.file, failure.line, scope.get("root_path", ""))
+        return f'<a href="{html.escape(href)}">{html.escape(label)}</a>: ' + html.escape(
+            failure.error)
+
     async def _error_response(self, scope: Scope, send: Send) -> None:
         failure = self.failure
         if scope["type"] != "http":
@@ -422,7 +440,7 @@ class Switch:
         else:
             title = "The app failed to load" if failure else "The app is not loaded yet"
             detail = (
-                f"<p><code>{html.escape(failure.summary)}</code></p>"
+                f"<p><code>{self._summary(failure, scope)}</code></p>"
                 f"<pre>{html.escape(failure.traceback)}</pre>"
                 if failure
                 else ""

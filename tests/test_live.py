@@ -100,7 +100,7 @@ def test_htmx_requests_get_no_script():
     assert response.text == PAGE
 
 
-def test_other_content_types_and_head_are_untouched():
+def test_other_content_types_are_untouched_and_head_gets_the_headers_of_get():
     app = live_app(
         Route("/json", lambda r: JSONResponse({"html": PAGE})),
         Route("/plain", lambda r: Response(PAGE, media_type="text/plain")),
@@ -109,8 +109,10 @@ def test_other_content_types_and_head_are_untouched():
     client = TestClient(app)
     assert client.get("/json").json() == {"html": PAGE}
     assert client.get("/plain").text == PAGE
-    head = client.head("/")
-    assert int(head.headers["content-length"]) == len(PAGE)
+    head, get = client.head("/"), client.get("/")
+    assert head.content == b""
+    assert int(head.headers["content-length"]) == len(get.content) > len(PAGE)
+    assert head.headers == get.headers
 
 
 def test_compressed_bodies_are_untouched():
@@ -196,8 +198,9 @@ def test_root_path_is_in_the_socket_path():
     with TestClient(live_app(page(), hub=hub), root_path="/sub") as client, \
             client.websocket_connect(LIVE_PATH, headers=ORIGIN) as ws:
         assert client.portal is not None
+        assert ws.receive_json()["type"] == "hello"
         client.portal.call(hub.reload)
-        assert ws.receive_json() == {"type": "reload"}
+        assert ws.receive_json()["type"] == "reload"
 
 
 def test_live_js_ships_in_the_package_and_is_ascii():
@@ -212,20 +215,30 @@ def test_same_origin_socket_gets_pushed_messages():
     with TestClient(live_app(page(), hub=hub)) as client, \
             client.websocket_connect(LIVE_PATH, headers=ORIGIN) as ws:
         assert client.portal is not None
+        assert ws.receive_json() == {"type": "hello", "server": hub.server, "generation": 0,
+                                     "css": 0}
         client.portal.call(hub.reload)
-        assert ws.receive_json() == {"type": "reload"}
+        assert ws.receive_json() == {"type": "reload", "generation": 1, "failing": False}
         client.portal.call(hub.static_changed, [Path.cwd() / "static" / "site.css"])
-        assert ws.receive_json() == {"type": "css", "files": [str(Path("static/site.css"))]}
+        assert ws.receive_json() == {"type": "css", "files": [str(Path("static/site.css"))],
+                                     "css": 1}
         client.portal.call(hub.static_changed, [Path("app.js"), Path("site.css")])
-        assert ws.receive_json() == {"type": "reload"}
+        assert ws.receive_json() == {"type": "css", "files": ["site.css"], "css": 2}
+        assert ws.receive_json() == {"type": "reload", "generation": 2, "failing": False,
+                                     "full": True}
+        client.portal.call(hub.static_changed, [Path("templates/page.html")])  # read per request
+        assert ws.receive_json() == {"type": "reload", "generation": 3, "failing": False}
         failure = Failure("app.py", 3, "NameError", "name 'x' is not defined", "Traceback <b>")
         client.portal.call(hub.failed, failure)
         message = ws.receive_json()
         assert message == {
             "type": "error", "error": "NameError", "message": "name 'x' is not defined",
             "file": "app.py", "line": 3, "summary": "app.py:3: NameError: name 'x' is not defined",
-            "traceback": "Traceback <b>",
+            "traceback": "Traceback <b>", "request": None, "editable": [],
         }
+        client.portal.call(hub.static_changed, [Path("app.js")])  # the error stays on
+        assert ws.receive_json() == {"type": "reload", "generation": 4, "failing": True,
+                                     "full": True}
 
 
 def test_a_page_connecting_while_failed_gets_the_error_at_once_and_reload_clears_it():
@@ -235,9 +248,10 @@ def test_a_page_connecting_while_failed_gets_the_error_at_once_and_reload_clears
         assert client.portal is not None
         client.portal.call(hub.failed, Failure("app.py", 9, "SyntaxError", "oops", "tb"))
         with client.websocket_connect(LIVE_PATH, headers=ORIGIN) as ws:
+            assert ws.receive_json()["type"] == "hello"
             assert ws.receive_json()["summary"] == "app.py:9: SyntaxError: oops"
             client.portal.call(hub.reloaded, None)
-            assert ws.receive_json() == {"type": "reload"}
+            assert ws.receive_json() == {"type": "reload", "generation": 1, "failing": False}
         assert hub.failure is None
 
 
@@ -274,6 +288,7 @@ def test_hub_close_ends_every_socket():
     with TestClient(live_app(page(), hub=hub)) as client, \
             client.websocket_connect(LIVE_PATH, headers=ORIGIN) as ws:
         assert client.portal is not None
+        assert ws.receive_json()["type"] == "hello"
         client.portal.call(hub.close)
         assert ws.receive()["code"] == 1012
         assert hub.connections == 0
@@ -305,6 +320,7 @@ def test_messages_are_json():
     with TestClient(live_app(page(), hub=hub)) as client, \
             client.websocket_connect(LIVE_PATH, headers=ORIGIN) as ws:
         assert client.portal is not None
+        assert json.loads(ws.receive_text())["type"] == "hello"
         client.portal.call(hub.reload)
         assert json.loads(ws.receive_text())["type"] == "reload"
 

@@ -1,0 +1,39 @@
+"""Section 8 of the benchmarks (save to pixels with --live) runs end to end at tiny sizes, so it
+cannot rot; `--quick` leaves it out unless named (it needs a browser). No figure is checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_run_of_save_to_pixels_reports_every_series(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "8", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(out.read_text())
+    pixels = data["results"]["pixels"]
+    assert set(pixels) == {"reload", "reload+state", "morph", "morph+state"}
+    for name, series in pixels.items():
+        assert len(series["ms"]) == 2, name
+        assert all(0 < ms < 60_000 for ms in series["ms"])
+        assert len(series["server_ms"]) == 2  # each save was one reload, in the server's log
+    assert pixels["morph+state"]["kept"] == [True, True]  # what morph is for
+    assert all(p is not None for p in pixels["morph"]["morph"])  # the page morphed
+    assert [row["#"] for row in data["rows"]] == ["8"] * 5
+    assert "| 8 | save → new text painted, morph, page scrolled + text typed" in result.stdout
+
+
+def test_quick_run_leaves_save_to_pixels_out_unless_named():
+    from benchmarks.run import parse
+
+    assert 8 not in parse(["--quick"])[0].sections
+    assert 8 in parse(["--quick", "--only", "8"])[0].sections
+    assert 8 in parse(["--light"])[0].sections
