@@ -23,6 +23,11 @@ Sections (each next to uvicorn on the same fixture, see benchmarks/fixture.py):
    full reload next to morph, with and without a scrolled page and typed input (and whether
    they were kept), with each edit's profile (benchmarks/save_to_pixels.py). It needs
    /usr/bin/chromium and playwright; `--quick` runs it only when named (`--only 8`).
+9. scale and rest (benchmarks/scale.py): idle CPU and context switches of every process next
+   to uvicorn --reload; overhead above the floor (save to served minus the re-run modules' own
+   time, which the server logs) at 0, 200 and 2,000 modules in two shapes; start-up and memory
+   at 2,000 modules; growth over 1,000 reloads. Full sizes take ~3 minutes (a minute of it
+   idle); `--quick` runs it, at small sizes, only when named (`--only 9`).
 
 Prints a Markdown table with each target and whether it is met, and writes every raw figure
 as JSON under benchmarks/results/ (or `--json FILE`). Targets are shown, never asserted.
@@ -52,7 +57,7 @@ from typing import Any
 import httpx
 
 from benchmarks import escalation as esc
-from benchmarks import save_to_pixels
+from benchmarks import save_to_pixels, scale
 from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
 from benchmarks.harness import ROOT, Hammer, Server, requests_per_second, wait_served
 
@@ -105,8 +110,10 @@ TARGETS = {
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, workdir: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, sizes: Sizes, workdir: Path, log: Callable[[str], None],
+                 quick: bool = False) -> None:
         self.sizes = sizes
+        self.quick = quick
         self.workdir = workdir
         self.log = log
         self._dirs = 0
@@ -338,6 +345,13 @@ class Bench:
         return {"ms": floor, "import_ms": out["import_s"], "startup_ms": out["startup_s"],
                 "installed_ms": out["installed_s"]}
 
+    def scale(self) -> dict[str, Any]:
+        """(9): idle, overhead above the floor, 2,000 modules, growth (benchmarks/scale.py)."""
+        sizes = scale.QUICK if self.quick else scale.ScaleSizes()
+        self.log(f"9. scale and rest: {sizes.idle_seconds:g} s idle, modules "
+                 f"{', '.join(map(str, sizes.modules))}, {sizes.growth_reloads} reloads")
+        return scale.run(self.workdir / "scale", sizes, self.log)
+
     def pixels(self) -> dict[str, Any]:
         """(8): save to pixels with --live, full reload and morph (benchmarks/save_to_pixels.py)."""
         self.log(f"8. save to pixels: {self.sizes.pixel_edits} edits per series, headless "
@@ -365,8 +379,8 @@ def reload_log(text: str) -> list[dict[str, Any]]:
 
 
 SECTIONS = {1: "edits", 2: "scaling", 3: "heap", 4: "overhead", 5: "memory", 6: "startup",
-            7: "escalation", 8: "pixels"}
-QUICK_SKIPS = {8}  # needs a browser: `--quick` runs it only when named
+            7: "escalation", 8: "pixels", 9: "scale"}
+QUICK_SKIPS = {8, 9}  # a browser; minutes of idling: `--quick` runs them only when named
 # (1) and (2) run as one session (see Bench.edits); (2) needs (1)'s figures for its ratio.
 
 
@@ -488,6 +502,9 @@ def rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, str]]:
     pixels = results.get("pixels")
     if pixels:
         out += _pixel_rows(pixels)
+    scaled = results.get("scale")
+    if scaled:
+        out += scale.rows(scaled)
     return out
 
 
@@ -729,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="fh_utils-bench-"))
     try:
-        bench = Bench(sizes, workdir, log)
+        bench = Bench(sizes, workdir, log, quick=args.quick)
         for number in args.sections:
             if number == 2 and 1 in args.sections:
                 continue  # measured with (1)

@@ -52,3 +52,19 @@ def test_quick_run_reports_every_section(tmp_path):
     assert len(escalation["log"][1]) >= 4  # the server's "Reloaded ..." lines were parsed
     assert "| # | measurement | fh_utils dev | uvicorn | target | met |" in result.stdout
     assert "cores" in result.stdout
+
+
+def test_quick_scale_section_reports_every_part(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "9", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    data = json.loads(out.read_text())
+    scaled = data["results"]["scale"]
+    assert set(scaled) >= {"idle", "edits", "start", "memory", "growth"}
+    assert set(scaled["idle"]) == {"fh_utils dev", "uvicorn --reload"}
+    assert scaled["growth"]["reloads"] == 40
+    assert {row["#"] for row in data["rows"]} == {"9"}
+    assert "overhead ≤ 8 ms" in result.stdout
