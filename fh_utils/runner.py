@@ -43,13 +43,15 @@ class DevServer(uvicorn.Server):
     it (FastHTML's `signal_shutdown()` patches `Server.handle_exit`; others call
     `signal.signal`) would never be heard, or uvicorn would not. Here the handler looks
     `handle_exit` up when the signal arrives, and also calls the handlers the app installed
-    with `signal.signal` since. A second Ctrl+C exits at once.
+    with `signal.signal` since, except a debugger's: Ctrl+C stops the server, also after you
+    continued from a `breakpoint()`. A second Ctrl+C exits at once.
     """
 
     def __init__(self, config: uvicorn.Config, session: DevSession) -> None:
         super().__init__(config)
         self.session = session
         session.server = self
+        self._chains: dict[int, effects.SignalChain] = {}
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -68,7 +70,9 @@ class DevServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        chains = {sig: effects.SignalChain(sig, self._on_signal) for sig in HANDLED_SIGNALS}
+        chains: dict[int, effects.SignalChain] = {
+            sig: effects.SignalChain(sig, self._on_signal) for sig in HANDLED_SIGNALS}
+        self._chains = chains
         try:
             yield
         finally:
@@ -83,6 +87,11 @@ class DevServer(uvicorn.Server):
         return bool(self._captured_signals)
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        chain = self._chains.get(sig)
+        if chain is not None:
+            # pdb adds its own Ctrl+C handler when you continue (`c`) from a breakpoint: it
+            # would stop in the server's loop and wait for input instead of letting it stop.
+            chain.handlers[:] = [h for h in chain.handlers if not _debugger_handler(h)]
         if sig == signal.SIGINT and signal.SIGINT in self._captured_signals:
             os._exit(130)  # a second Ctrl+C: no more waiting
         if self.session.retiring and self.should_exit:
@@ -91,6 +100,12 @@ class DevServer(uvicorn.Server):
             self._captured_signals.append(sig)
             return
         type(self).handle_exit(self, sig, frame)  # the current one, patched or not
+
+
+def _debugger_handler(handler: object) -> bool:
+    """A signal handler that belongs to a debugger (pdb's `sigint_handler`)."""
+    bdb = sys.modules.get("bdb")
+    return bdb is not None and isinstance(getattr(handler, "__self__", None), bdb.Bdb)
 
 
 def run_dev(options: DevOptions) -> None:

@@ -117,9 +117,11 @@ def start(listener: socket.socket, *, spawn: bool, log_config: dict[str, Any] | 
         # Ctrl+C is not the zygote's: it stays blocked until its handler ignores it.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
+            # stdin is inherited, never read here: a worker forked later reads it when a
+            # handler stops at `breakpoint()` (pdb needs the terminal).
             process = subprocess.Popen(
                 [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)],
-                pass_fds=(theirs.fileno(), listener.fileno()), stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), listener.fileno()),
             )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
