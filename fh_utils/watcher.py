@@ -111,8 +111,9 @@ class Watcher:
             changes = notify.watch(DEBOUNCE_MS, 0, COLLECT_TIMEOUT_MS, self.stop)
             if changes == "timeout":
                 changes = notify.watch(DEBOUNCE_MS, self.step_ms, LATE_TIMEOUT_MS, self.stop)
-            if isinstance(changes, set):
-                self._report(changes)
+            found = {(int(Change.added), path) for path in doorbell.take_found()}
+            if isinstance(changes, set) or found:
+                self._report((changes if isinstance(changes, set) else set()) | found)
 
     def _burst(self, doorbell: _Doorbell) -> bool:
         """Sleep until the doorbell rings, then until it stays quiet for `step_ms` (at most
@@ -154,6 +155,7 @@ class _Doorbell:
         self._libc = libc
         self._ignore = ignore
         self._dirs: dict[int, Path] = {}
+        self._found: set[str] = set()
 
     @classmethod
     def create(cls, roots: list[Path], ignore: Callable[[Path], bool]) -> _Doorbell | None:
@@ -190,11 +192,19 @@ class _Doorbell:
         except OSError:
             pass
 
-    def _add_tree(self, root: Path) -> None:
-        for directory, subdirs, _ in os.walk(root):
+    def _add_tree(self, root: Path, found: set[str] | None = None) -> None:
+        for directory, subdirs, files in os.walk(root):
             path = Path(directory)
             subdirs[:] = [d for d in subdirs if not self._ignore(path / d)]
             self._add(path)
+            if found is not None:
+                found.update(str(path / name) for name in files)
+
+    def take_found(self) -> set[str]:
+        """Files found in directories created since the last call: made before they were
+        watched (`mkdir -p a/b && touch a/b/c.py`), they may ring no bell of their own."""
+        found, self._found = self._found, set()
+        return found
 
     def _add(self, path: Path) -> None:
         wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MASK)
@@ -224,7 +234,7 @@ class _Doorbell:
                     child = parent / os.fsdecode(name)
                     if not self._ignore(child):
                         try:
-                            self._add_tree(child)
+                            self._add_tree(child, self._found)
                         except OSError:
                             pass
 
