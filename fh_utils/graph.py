@@ -76,14 +76,16 @@ class ModuleGraph:
         self.roots = [r.resolve() for r in roots]
         self.excludes = [e.resolve() for e in excludes]
         self._ignore = ignore or (lambda path: ignored_by_default(path, self.roots))
-        self.prefixes = tuple(str(r).rstrip(os.sep) + os.sep for r in self.roots)
-        self._system = {
+        self.prefixes = _prefixes(self.roots)
+        self._exclude_prefixes = _prefixes(self.excludes)
+        self._system_prefixes = _prefixes(
             Path(p).resolve()
             for key in ("stdlib", "platstdlib", "purelib", "platlib")
             if (p := sysconfig.get_paths().get(key))
-        }
+        )
         self._lock = threading.RLock()  # request threads record reads while a reload plans
         self._is_project_file = functools.lru_cache(maxsize=8192)(self._project_file)
+        self._real_dirs: dict[str, str] = {}  # directory -> its real path (is_project_file)
         self.files: dict[Path, str] = {}  # file -> module name
         self.imports: dict[str, set[str]] = {}  # module -> project modules it imported
         self._order: dict[str, int] = {}  # module -> when it first started executing
@@ -109,23 +111,31 @@ class ModuleGraph:
         return self._is_project_file(str(path))
 
     def _project_file(self, text: str) -> bool:
-        path = Path(text)
-        if not path.is_absolute():  # "<frozen os>", "<string>": not a file at all
+        # Strings, not Paths: asked once for each of thousands of modules at start-up.
+        if not os.path.isabs(text):  # "<frozen os>", "<string>": not a file at all
             return False
-        path = path.resolve()
-        if not any(path.is_relative_to(r) for r in self.roots):
+        real = self._realpath(text)
+        if not _under(real, self.prefixes) or _under(real, self._exclude_prefixes):
             return False
-        if any(path.is_relative_to(e) for e in self.excludes):
+        if _under(real, self._system_prefixes):
             return False
-        if any(path.is_relative_to(s) for s in self._system):
-            return False
-        return not self._ignore(path)
+        return not self._ignore(Path(real))
+
+    def _realpath(self, text: str) -> str:
+        """`os.path.realpath(text)`, resolving each directory once (one `lstat` per file)."""
+        folder, name = os.path.split(text if os.path.isabs(text) else os.path.abspath(text))
+        real = self._real_dirs.get(folder)
+        if real is None:
+            real = self._real_dirs[folder] = os.path.realpath(folder)
+        path = os.path.join(real, name)
+        return os.path.realpath(path) if os.path.islink(path) or name in ("", ".", "..") \
+            else path
 
     def is_project_module(self, name: str) -> bool:
         return name in self.imports
 
     def module_for(self, path: Path) -> str | None:
-        return self.files.get(path.resolve())
+        return self.files.get(Path(self._realpath(str(path))))
 
     def modules(self) -> list[str]:
         """Every project module known, in the order they first ran."""
@@ -152,7 +162,7 @@ class ModuleGraph:
             if importer is not None and importer != name:
                 self.imports.setdefault(importer, set()).add(name)
             self.imports[name] = set()
-            self.files[file.resolve()] = name
+            self.files[Path(self._realpath(str(file)))] = name
             self._order.setdefault(name, next(self._counter))
         self._stack.append(name)
         return previous
@@ -436,3 +446,13 @@ def _imported_names(code: types.CodeType, package: str) -> set[str]:
 
 def _nothing() -> None:
     return None
+
+
+def _prefixes(dirs: Iterable[Path]) -> tuple[str, ...]:
+    """Each directory as a string ending with a separator (for `_under`)."""
+    return tuple(str(d).rstrip(os.sep) + os.sep for d in dirs)
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether the absolute, resolved `path` is one of the directories or lies below one."""
+    return (path + os.sep).startswith(prefixes)

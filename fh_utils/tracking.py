@@ -1,7 +1,8 @@
 """Process-wide hooks that fill the module graph while project code runs.
 
 Project modules (source files under the watched roots) are loaded by `ProjectLoader`, which
-always compiles from the source on disk (a stale `.pyc` can never run), records what the module
+runs the source on disk (bytecode is cached with a hash of its source: a stale `.pyc` can never
+run), records what the module
 changes outside its namespace (`fh_utils.effects`) and, while it executes, every project module
 it imports: `import x`, `from x import y`, `importlib.import_module`, and imports made by code it
 calls at import time.
@@ -15,11 +16,14 @@ environment variables.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import io
 import linecache
+import marshal
 import os
 import sys
 import threading
@@ -51,7 +55,11 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
         cached = graph.compiled.get(path)
         if cached is not None and cached[0] == source:
             return cached[1]
-        code = self.source_to_code(source, str(path))
+        code = None if cached is not None else read_bytecode(str(path), source)
+        if code is None:
+            code = self.source_to_code(source, str(path))
+            if cached is None:
+                write_bytecode(str(path), source, code)
         graph.compiled[path] = (source, code)
         return code
 
@@ -79,6 +87,53 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
             hooks.exit()
             graph.end(name)
             self.finder.observe(name, record, ok)
+
+
+# Bytecode of project modules, in `__pycache__` as Python keeps it, but checked against a hash
+# of the source (PEP 552) rather than its modification time and size, which miss a save made
+# within the same second that keeps the size (`"e001"` for `"e000"`). A start-up with
+# thousands of modules reads these instead of compiling each; a reload always compiles.
+_HASH_CHECKED = 0b11  # the flags of a checked hash-based .pyc
+
+
+def read_bytecode(path: str, source: bytes) -> types.CodeType | None:
+    """The code in `path`'s cached .pyc if it was compiled from exactly `source`."""
+    try:
+        cache = importlib.util.cache_from_source(path)
+        with open(cache, "rb") as file:
+            data = file.read()
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    if (len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER
+            or int.from_bytes(data[4:8], "little") & 0b1 == 0
+            or data[8:16] != importlib.util.source_hash(source)):
+        return None
+    try:
+        code = marshal.loads(memoryview(data)[16:])
+    except (EOFError, ValueError, TypeError):
+        return None
+    return code if isinstance(code, types.CodeType) and code.co_filename == path else None
+
+
+def write_bytecode(path: str, source: bytes, code: types.CodeType) -> None:
+    """Cache `code` for `read_bytecode` (nothing when bytecode is not to be written)."""
+    if sys.dont_write_bytecode:
+        return
+    try:
+        cache = importlib.util.cache_from_source(path)
+        data = (importlib.util.MAGIC_NUMBER + _HASH_CHECKED.to_bytes(4, "little")
+                + importlib.util.source_hash(source) + marshal.dumps(code))
+    except (NotImplementedError, ValueError):
+        return
+    temporary = f"{cache}.{os.getpid()}.tmp"  # replaced whole: a reader never sees half
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, cache)
+    except OSError:  # a read-only tree: compiled again next time
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
 
 
 class ProjectFinder(importlib.abc.MetaPathFinder):

@@ -13,6 +13,8 @@ the include exactly (all as in uvicorn).
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -46,17 +48,36 @@ def ignored_by_default(path: Path, roots: Iterable[Path] = ()) -> bool:
 
 def _below(path: Path, roots: Iterable[Path]) -> tuple[str, ...]:
     """The parts of `path` below the root holding it: a project inside ~/venv/ is a project."""
+    # Strings, not Paths: asked for every module at start-up and every change reported.
+    text = str(path)
     for root in roots:
-        if path.is_relative_to(root):
-            return path.parts[len(root.parts):]
+        prefix = str(root).rstrip(os.sep) + os.sep
+        if text + os.sep == prefix:
+            return ()
+        if text.startswith(prefix):
+            return tuple(text[len(prefix):].split(os.sep))
     return path.parts
+
+
+def _inside(path: Path, dirs: Iterable[Path]) -> bool:
+    """Whether `path` is one of `dirs` or lies below one (all absolute and resolved)."""
+    text = str(path) + os.sep
+    return any(text.startswith(str(d).rstrip(os.sep) + os.sep) for d in dirs)
+
+
+def _matches(path: Path, pattern: str) -> bool:
+    """`path.match(pattern)`; a pattern of one part is matched against the name (the same,
+    and faster: `fnmatch` caches the compiled pattern)."""
+    if os.sep in pattern or (os.altsep and os.altsep in pattern):
+        return path.match(pattern)
+    return fnmatch.fnmatch(path.name, pattern)
 
 
 def _ignored(path: Path, parts: Sequence[str], dirs: Iterable[str], patterns: Iterable[str]
              ) -> bool:
     return (
         any(part in dirs for part in parts)
-        or any(path.match(pattern) for pattern in patterns)
+        or any(_matches(path, pattern) for pattern in patterns)
         or _vim_probe(path.name)
     )
 
@@ -108,7 +129,7 @@ class WatchSpec:
         text = str(path)
         if any(text.endswith(pattern) for pattern in self.include_patterns):
             return False
-        if any(path.is_relative_to(d) for d in self.exclude_dirs):
+        if _inside(path, self.exclude_dirs):
             return True
         return _ignored(path, _below(path, self.dirs), self.ignored_dirs, self.exclude_patterns)
 

@@ -8,6 +8,8 @@ is served, the log shows every reload the earlier write could have caused.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -560,3 +562,32 @@ def test_template_read_per_request_refreshes_pages_without_a_python_reload(tmp_p
     assert "reload" in kinds
     assert "second template" in server.get().text
     assert "Reloaded" not in server.log  # nothing re-ran
+
+
+def test_cached_bytecode_never_runs_a_stale_module(tmp_path, serve):
+    """With bytecode written (as on a user's machine), project modules are cached in
+    __pycache__ checked against a hash of their source: an edit that keeps the size and the
+    modification time (a save within the same second) is served on the next start, as a
+    fresh `python` process serves it, and a reload never reads the cache."""
+    writes_bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
+    helper = write(tmp_path / "helper.py", 'WORD = "e000"\n')
+    write(tmp_path / "app.py", PLAIN_APP.replace('"{text}"', "helper.WORD")
+          .replace("from starlette", "import helper\nfrom starlette"))
+    server = serve("app.py", env=writes_bytecode)
+    assert server.get().text == "e000"
+    cached = list((tmp_path / "__pycache__").glob("helper.*.pyc"))
+    assert len(cached) == 1
+    assert int.from_bytes(cached[0].read_bytes()[4:8], "little") == 0b11  # hash-checked
+
+    stat = helper.stat()
+    write(helper, 'WORD = "e001"\n')
+    os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
+    server.wait_text("e001")  # the reload compiled the source
+    server.stop()
+
+    cold = subprocess.run([sys.executable, "-c", "import helper; print(helper.WORD)"],
+                          cwd=tmp_path, capture_output=True, text=True, check=True,
+                          env={**os.environ, **writes_bytecode})
+    again = serve("app.py", env=writes_bytecode)
+    assert again.get().text == cold.stdout.strip() == "e001"
+    assert "Reloaded" not in again.log
