@@ -46,16 +46,18 @@ class Server:
     """One server process serving the fixture in `cwd`."""
 
     def __init__(self, kind: str, cwd: Path, log_level: str = "warning",
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.cwd = cwd
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cwd.parent / f"{cwd.name}-{kind.replace(' ', '_')}-{self.port}.log"
+        extra = env or {}
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("PORT", None)
         # The fixture imports fh_utils (no_reload_cache): make this checkout importable.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.update(extra)
         self._log = self.log_path.open("wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
