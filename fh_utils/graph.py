@@ -151,7 +151,7 @@ class ModuleGraph:
 
     def executing(self) -> str | None:
         """The project module whose top level is running in this thread, if any."""
-        stack = self._stack
+        stack = getattr(self._local, "stack", None)
         return stack[-1] if stack else None
 
     def begin(self, name: str, file: Path) -> tuple[set[str] | None, set[Resource]]:
@@ -240,6 +240,16 @@ class ModuleGraph:
             for name in names:
                 if name in imports and name != importer:
                     edges.add(name)
+
+    def record_import(self, importer: str, name: str) -> None:
+        """`record_imports` for one name (`import x`: the most common statement), without the
+        lock when there is nothing to add."""
+        imports = self.imports
+        if name in imports and name != importer:
+            edges = imports.get(importer)
+            if edges is None or name not in edges:
+                with self._lock:
+                    imports.setdefault(importer, set()).add(name)
 
     def read(self, resource: Resource) -> None:
         """`resource` was read in this thread: note it for the executing module or cache entry.

@@ -234,7 +234,7 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
             graph.record_imports(importer, [base, *(f"{base}.{item}" for item in fromlist
                                                     if isinstance(item, str))])
         elif "." not in name:
-            graph.record_imports(importer, (name,))
+            graph.record_import(importer, name)
         else:
             parts = name.split(".")
             graph.record_imports(importer, [".".join(parts[: i + 1]) for i in range(len(parts))])
