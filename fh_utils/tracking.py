@@ -1,8 +1,8 @@
 """Process-wide hooks that fill the module graph while project code runs.
 
 Project modules (source files under the watched roots) are loaded by `ProjectLoader`, which
-runs the source on disk (bytecode is cached with a hash of its source: a stale `.pyc` can never
-run), records what the module
+runs the source on disk (its cached bytecode only when it was certainly compiled from that
+source: a stale `.pyc` never runs), records what the module
 changes outside its namespace (`fh_utils.effects`) and, while it executes, every project module
 it imports: `import x`, `from x import y`, `importlib.import_module`, and imports made by code it
 calls at import time.
@@ -51,15 +51,16 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname: str) -> types.CodeType:
         graph = self.finder.graph
         path = Path(self.get_filename(fullname))
-        source = self.get_data(str(path))
         cached = graph.compiled.get(path)
+        stat = os.stat(path) if cached is None else None  # first load: bytecode may be cached
+        source = self.get_data(str(path))
         if cached is not None and cached[0] == source:
             return cached[1]
-        code = None if cached is not None else read_bytecode(str(path), source)
+        code = None if stat is None else read_bytecode(str(path), source, stat)
         if code is None:
             code = self.source_to_code(source, str(path))
-            if cached is None:
-                write_bytecode(str(path), source, code)
+            if stat is not None:
+                write_bytecode(str(path), stat, code)
         graph.compiled[path] = (source, code)
         return code
 
@@ -89,25 +90,36 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
             self.finder.observe(name, record, ok)
 
 
-# Bytecode of project modules, in `__pycache__` as Python keeps it, but checked against a hash
-# of the source (PEP 552) rather than its modification time and size, which miss a save made
-# within the same second that keeps the size (`"e001"` for `"e000"`). A start-up with
-# thousands of modules reads these instead of compiling each; a reload always compiles.
-_HASH_CHECKED = 0b11  # the flags of a checked hash-based .pyc
+# Bytecode of project modules is cached in `__pycache__` as Python caches it (the modification
+# time and size of the source it was compiled from), so a start-up with thousands of modules
+# reads it instead of compiling each; a reload always compiles. Python trusts a .pyc whose
+# recorded time and size match the source, which misses a save made within the same second
+# that keeps the size (`"e001"` for `"e000"`): here a .pyc also has to have been written after
+# that second was over, so that no later save can share its recorded time. A hash-based .pyc
+# (PEP 552) is checked against the source's hash.
+_MASK = 0xFFFFFFFF
 
 
-def read_bytecode(path: str, source: bytes) -> types.CodeType | None:
-    """The code in `path`'s cached .pyc if it was compiled from exactly `source`."""
+def read_bytecode(path: str, source: bytes, stat: os.stat_result) -> types.CodeType | None:
+    """The code in `path`'s cached .pyc if it was compiled from `source` (read after `stat`)."""
     try:
         cache = importlib.util.cache_from_source(path)
         with open(cache, "rb") as file:
             data = file.read()
+            written = os.fstat(file.fileno()).st_mtime
     except (OSError, NotImplementedError, ValueError):
         return None
-    if (len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER
-            or int.from_bytes(data[4:8], "little") & 0b1 == 0
-            or data[8:16] != importlib.util.source_hash(source)):
+    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
         return None
+    if int.from_bytes(data[4:8], "little") & 0b1:  # hash-based
+        if data[8:16] != importlib.util.source_hash(source):
+            return None
+    else:
+        second = int(stat.st_mtime)
+        if (int.from_bytes(data[8:12], "little") != second & _MASK
+                or int.from_bytes(data[12:16], "little") != stat.st_size & _MASK
+                or written < second + 1):
+            return None
     try:
         code = marshal.loads(memoryview(data)[16:])
     except (EOFError, ValueError, TypeError):
@@ -115,16 +127,18 @@ def read_bytecode(path: str, source: bytes) -> types.CodeType | None:
     return code if isinstance(code, types.CodeType) and code.co_filename == path else None
 
 
-def write_bytecode(path: str, source: bytes, code: types.CodeType) -> None:
-    """Cache `code` for `read_bytecode` (nothing when bytecode is not to be written)."""
+def write_bytecode(path: str, stat: os.stat_result, code: types.CodeType) -> None:
+    """Cache `code`, compiled from the source as it was at `stat` (taken before reading it,
+    so that a save meanwhile makes the .pyc look older than the file, never newer)."""
     if sys.dont_write_bytecode:
         return
     try:
         cache = importlib.util.cache_from_source(path)
-        data = (importlib.util.MAGIC_NUMBER + _HASH_CHECKED.to_bytes(4, "little")
-                + importlib.util.source_hash(source) + marshal.dumps(code))
     except (NotImplementedError, ValueError):
         return
+    data = b"".join([importlib.util.MAGIC_NUMBER, bytes(4),
+                     (int(stat.st_mtime) & _MASK).to_bytes(4, "little"),
+                     (stat.st_size & _MASK).to_bytes(4, "little"), marshal.dumps(code)])
     temporary = f"{cache}.{os.getpid()}.tmp"  # replaced whole: a reader never sees half
     try:
         os.makedirs(os.path.dirname(cache), exist_ok=True)

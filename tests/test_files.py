@@ -7,6 +7,7 @@ is served, the log shows every reload the earlier write could have caused.
 
 from __future__ import annotations
 
+import marshal
 import os
 import subprocess
 import sys
@@ -564,30 +565,48 @@ def test_template_read_per_request_refreshes_pages_without_a_python_reload(tmp_p
     assert "Reloaded" not in server.log  # nothing re-ran
 
 
-def test_cached_bytecode_never_runs_a_stale_module(tmp_path, serve):
-    """With bytecode written (as on a user's machine), project modules are cached in
-    __pycache__ checked against a hash of their source: an edit that keeps the size and the
-    modification time (a save within the same second) is served on the next start, as a
-    fresh `python` process serves it, and a reload never reads the cache."""
+def test_cached_bytecode_is_read_only_when_compiled_from_the_source(tmp_path, serve):
+    """With bytecode written (as on a user's machine), a start reads a project module's .pyc
+    when Python would, except one written within the second its source was saved in: a save
+    later in that second that keeps the size looks unchanged to Python's check (time to the
+    second, and size), so Python runs the stale .pyc; fh_utils compiles the source, as a
+    process without the cache does."""
     writes_bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
     helper = write(tmp_path / "helper.py", 'WORD = "e000"\n')
     write(tmp_path / "app.py", PLAIN_APP.replace('"{text}"', "helper.WORD")
           .replace("from starlette", "import helper\nfrom starlette"))
-    server = serve("app.py", env=writes_bytecode)
-    assert server.get().text == "e000"
-    cached = list((tmp_path / "__pycache__").glob("helper.*.pyc"))
-    assert len(cached) == 1
-    assert int.from_bytes(cached[0].read_bytes()[4:8], "little") == 0b11  # hash-checked
+    second = int(time.time()) - 60
+    os.utime(helper, (second + 0.1, second + 0.1))
 
-    stat = helper.stat()
+    def cold(env: dict[str, str] | None = None) -> str:
+        """What a fresh `python` process imports."""
+        return subprocess.run(
+            [sys.executable, "-c", "import helper; print(helper.WORD)"], cwd=tmp_path,
+            capture_output=True, text=True, check=True,
+            env={**os.environ, **writes_bytecode, **(env or {})}).stdout.strip()
+
+    def start() -> str:
+        server = serve("app.py", env=writes_bytecode)
+        text = server.get().text
+        server.stop()
+        return text
+
+    assert start() == "e000"
+    [cache] = (tmp_path / "__pycache__").glob("helper.*.pyc")
+    header = cache.read_bytes()[:16]
+    assert header[4:8] == bytes(4)  # Python's own format: the source's time and size
+
+    # A valid .pyc is used, as Python uses it: one holding other code shows it.
+    other = compile('WORD = "from the cache"\n', str(helper), "exec")
+    cache.write_bytes(header + marshal.dumps(other))
+    assert start() == cold() == "from the cache"
+
+    # Written within the source's second, then a same-size save later in that second.
+    cache.write_bytes(header + marshal.dumps(compile('WORD = "e000"\n', str(helper), "exec")))
+    os.utime(cache, (second + 0.5, second + 0.5))
     write(helper, 'WORD = "e001"\n')
-    os.utime(helper, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
-    server.wait_text("e001")  # the reload compiled the source
-    server.stop()
-
-    cold = subprocess.run([sys.executable, "-c", "import helper; print(helper.WORD)"],
-                          cwd=tmp_path, capture_output=True, text=True, check=True,
-                          env={**os.environ, **writes_bytecode})
-    again = serve("app.py", env=writes_bytecode)
-    assert again.get().text == cold.stdout.strip() == "e001"
-    assert "Reloaded" not in again.log
+    os.utime(helper, (second + 0.9, second + 0.9))
+    assert cold() == "e000"  # Python runs the stale .pyc
+    without_cache = cold({"PYTHONPYCACHEPREFIX": str(tmp_path / "empty-cache")})
+    assert start() == without_cache == "e001"
+    assert cold() == "e001"  # the .pyc was written again, after the source's second
