@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import contextvars
 import logging
+import operator
 import signal
 import sys
 import threading
@@ -469,7 +470,7 @@ def _snapshot_lists() -> tuple[list[Any], ...]:
 
 
 def _diff_list(record: Record, name: str, before: list[Any], after: list[Any]) -> None:
-    if len(before) == len(after) and all(a is b for a, b in zip(before, after)):
+    if len(before) == len(after) and all(map(operator.is_, before, after)):
         return
     old_ids = {id(x) for x in before}
     new_ids = {id(x) for x in after}

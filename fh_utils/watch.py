@@ -14,7 +14,9 @@ the include exactly (all as in uvicorn).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -65,21 +67,27 @@ def _inside(path: Path, dirs: Iterable[Path]) -> bool:
     return any(text.startswith(str(d).rstrip(os.sep) + os.sep) for d in dirs)
 
 
-def _matches(path: Path, pattern: str) -> bool:
-    """`path.match(pattern)`; a pattern of one part is matched against the name (the same,
-    and faster: `fnmatch` caches the compiled pattern)."""
-    if os.sep in pattern or (os.altsep and os.altsep in pattern):
-        return path.match(pattern)
-    return fnmatch.fnmatch(path.name, pattern)
+@functools.lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
+    """`path.match(p) for p in patterns`, faster: the patterns of one part match the name,
+    all at once (one regular expression); the others go to `Path.match`."""
+    seps = tuple(filter(None, (os.sep, os.altsep)))
+    names = [p for p in patterns if not any(sep in p for sep in seps)]
+    rest = tuple(p for p in patterns if p not in names)
+    if not names:
+        return None, rest
+    joined = "|".join(fnmatch.translate(os.path.normcase(p)) for p in names)
+    return re.compile(f"(?:{joined})"), rest
 
 
 def _ignored(path: Path, parts: Sequence[str], dirs: Iterable[str], patterns: Iterable[str]
              ) -> bool:
-    return (
-        any(part in dirs for part in parts)
-        or any(_matches(path, pattern) for pattern in patterns)
-        or _vim_probe(path.name)
-    )
+    if any(part in dirs for part in parts) or _vim_probe(path.name):
+        return True
+    by_name, rest = _matcher(tuple(patterns))
+    if by_name is not None and by_name.match(os.path.normcase(path.name)):
+        return True
+    return any(path.match(pattern) for pattern in rest)
 
 
 class WatchSpec:
