@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -262,6 +263,10 @@ def run(work: Path, sizes: ScaleSizes, log: Any = print) -> dict[str, Any]:
     # first writes it) and without (PYTHONDONTWRITEBYTECODE=1: every module compiled at each
     # start), alternating the two servers.
     for mode, env in BYTECODE.items():
+        if env["PYTHONDONTWRITEBYTECODE"]:  # no bytecode: none left from before either
+            for kind in SERVERS:
+                shutil.rmtree(work / f"idle-{kind.split()[0]}" / "__pycache__",
+                              ignore_errors=True)
         starts: dict[str, list[float]] = {kind: [] for kind in SERVERS}
         for i in range(sizes.starts + 1):
             for kind in SERVERS:
