@@ -358,7 +358,7 @@ class DevSession:
                 logger.exception("Reload failed unexpectedly (this is a bug in fh_utils)")
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
-        return self.watch(change, path) and self.reloader.graph.is_project_file(Path(path))
+        return self.watch(change, path) and self.reloader.graph.is_project_file(path)
 
     # -- reloading ---------------------------------------------------------------------------
     async def apply(self, paths: set[Path]) -> Outcome | None:

@@ -105,10 +105,10 @@ class ModuleGraph:
         self.computing: Callable[[], object | None] = _nothing
 
     # -- what belongs to the project ---------------------------------------------------------
-    def is_project_file(self, path: Path) -> bool:
+    def is_project_file(self, path: Path | str) -> bool:
         """Whether `path` lies in the project: under a root, not excluded, not installed code,
         not ignored (cached: asked for every file opened and every change reported)."""
-        return self._is_project_file(str(path))
+        return self._is_project_file(os.fspath(path))
 
     def _project_file(self, text: str) -> bool:
         # Strings, not Paths: asked once for each of thousands of modules at start-up.
@@ -154,7 +154,7 @@ class ModuleGraph:
         stack = getattr(self._local, "stack", None)
         return stack[-1] if stack else None
 
-    def begin(self, name: str, file: Path) -> tuple[set[str] | None, set[Resource]]:
+    def begin(self, name: str, file: Path | str) -> tuple[set[str] | None, set[Resource]]:
         """A project module starts executing; returns what `undo_begin` needs after a failure."""
         with self._lock:
             previous = self.imports.get(name), self.reads.pop(name, set())
@@ -162,7 +162,7 @@ class ModuleGraph:
             if importer is not None and importer != name:
                 self.imports.setdefault(importer, set()).add(name)
             self.imports[name] = set()
-            self.files[Path(self._realpath(str(file)))] = name
+            self.files[Path(self._realpath(os.fspath(file)))] = name
             self._order.setdefault(name, next(self._counter))
         self._stack.append(name)
         return previous
@@ -309,7 +309,7 @@ class ModuleGraph:
         """
         if self.executing() is None and self.computing() is None:
             return
-        if not asked_by_project(lambda file: self.is_project_file(Path(file))):
+        if not asked_by_project(self.is_project_file):
             return
         if isinstance(directory, bytes):
             directory = os.fsdecode(directory)

@@ -163,7 +163,7 @@ class KernelReloads:
             self._schedule(self._when_idle)
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
-        return self.spec(change, path) and self.reloader.graph.is_project_file(Path(path))
+        return self.spec(change, path) and self.reloader.graph.is_project_file(path)
 
     def _scan(self) -> set[Path]:
         """Files of project modules whose size or modification time changed since last seen

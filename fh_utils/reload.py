@@ -184,7 +184,7 @@ class Reloader:
         if app_dir not in sys.path:
             sys.path.insert(0, app_dir)
         effects.install()
-        effects.configure(lambda file: self.graph.is_project_file(Path(file)))
+        effects.configure(self.graph.is_project_file)
         self._finder.install()
         cache_engine.activate()
         activate(self.graph)
@@ -236,7 +236,7 @@ class Reloader:
             top = name.partition(".")[0]
             file = getattr(module, "__file__", None)
             if (name in project or top in project or top.startswith("_") or top == "__main__"
-                    or (isinstance(file, str) and self.graph.is_project_file(Path(file)))):
+                    or (isinstance(file, str) and self.graph.is_project_file(file))):
                 continue
             names.add(name)
         return sorted(names)

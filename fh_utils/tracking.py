@@ -67,8 +67,8 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
     def exec_module(self, module: types.ModuleType) -> None:
         graph = self.finder.graph
         name = module.__name__
-        file = Path(self.get_filename(name))
-        linecache.cache.pop(str(file), None)
+        file = self.get_filename(name)
+        linecache.cache.pop(file, None)
         # A cleared namespace would otherwise fall back to ModuleType's own docstring.
         module.__dict__.setdefault("__doc__", None)
         code = self.get_code(name)
@@ -104,7 +104,7 @@ def read_bytecode(path: str, source: bytes, stat: os.stat_result) -> types.CodeT
     """The code in `path`'s cached .pyc if it was compiled from `source` (read after `stat`)."""
     try:
         cache = importlib.util.cache_from_source(path)
-        with open(cache, "rb") as file:
+        with io.open_code(cache) as file:  # not the wrapped `open`: no read to note
             data = file.read()
             written = os.fstat(file.fileno()).st_mtime
     except (OSError, NotImplementedError, ValueError):
@@ -182,7 +182,7 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
                 origin
                 and origin.endswith(".py")
                 and isinstance(spec.loader, importlib.machinery.SourceFileLoader)
-                and self.graph.is_project_file(Path(origin))
+                and self.graph.is_project_file(origin)
             ):
                 spec.loader = ProjectLoader(fullname, origin, self)
                 spec.cached = None
