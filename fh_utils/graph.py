@@ -86,12 +86,14 @@ class ModuleGraph:
         self._lock = threading.RLock()  # request threads record reads while a reload plans
         self._is_project_file = functools.lru_cache(maxsize=8192)(self._project_file)
         self._real_dirs: dict[str, str] = {}  # directory -> its real path (is_project_file)
+        self._module_paths: dict[str, Path] = {}  # a module's file -> resolved (begin)
         self.files: dict[Path, str] = {}  # file -> module name
         self.imports: dict[str, set[str]] = {}  # module -> project modules it imported
         self._order: dict[str, int] = {}  # module -> when it first started executing
         self._counter = itertools.count()
         self._local = threading.local()
-        self.compiled: dict[Path, tuple[bytes, types.CodeType]] = {}  # file -> source, code
+        # file -> source, code (source None: loaded from cached bytecode, compiled if re-run)
+        self.compiled: dict[Path, tuple[bytes | None, types.CodeType]] = {}
         self.code: dict[str, types.CodeType] = {}  # module -> the code its last good run ran
         self.reads: dict[str, set[Resource]] = {}  # module -> what it read while it executed
         self.cache_reads: dict[object, set[Resource]] = {}  # cache entry -> what it read
@@ -131,6 +133,13 @@ class ModuleGraph:
         return os.path.realpath(path) if os.path.islink(path) or name in ("", ".", "..") \
             else path
 
+    def _resolved(self, file: str) -> Path:
+        """A module's file, resolved (once: modules run again and again)."""
+        path = self._module_paths.get(file)
+        if path is None:
+            path = self._module_paths[file] = Path(self._realpath(file))
+        return path
+
     def is_project_module(self, name: str) -> bool:
         return name in self.imports
 
@@ -162,7 +171,7 @@ class ModuleGraph:
             if importer is not None and importer != name:
                 self.imports.setdefault(importer, set()).add(name)
             self.imports[name] = set()
-            self.files[Path(self._realpath(os.fspath(file)))] = name
+            self.files[self._resolved(os.fspath(file))] = name
             self._order.setdefault(name, next(self._counter))
         self._stack.append(name)
         return previous

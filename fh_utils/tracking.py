@@ -50,17 +50,22 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
 
     def get_code(self, fullname: str) -> types.CodeType:
         graph = self.finder.graph
-        path = Path(self.get_filename(fullname))
+        filename = self.get_filename(fullname)
+        path = Path(filename)
         cached = graph.compiled.get(path)
-        stat = os.stat(path) if cached is None else None  # first load: bytecode may be cached
-        source = self.get_data(str(path))
+        stat = None
+        if cached is None:  # the first load: its bytecode may be cached
+            stat = os.stat(filename)
+            code = read_bytecode(filename, stat, self.get_data)
+            if code is not None:  # the source is not even read, as Python does
+                graph.compiled[path] = (None, code)
+                return code
+        source = self.get_data(filename)
         if cached is not None and cached[0] == source:
             return cached[1]
-        code = None if stat is None else read_bytecode(str(path), source, stat)
-        if code is None:
-            code = self.source_to_code(source, str(path))
-            if stat is not None:
-                write_bytecode(str(path), stat, code)
+        code = self.source_to_code(source, filename)
+        if stat is not None:
+            write_bytecode(filename, stat, code)
         graph.compiled[path] = (source, code)
         return code
 
@@ -100,8 +105,10 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
 _MASK = 0xFFFFFFFF
 
 
-def read_bytecode(path: str, source: bytes, stat: os.stat_result) -> types.CodeType | None:
-    """The code in `path`'s cached .pyc if it was compiled from `source` (read after `stat`)."""
+def read_bytecode(path: str, stat: os.stat_result, read: Callable[[str], bytes]
+                  ) -> types.CodeType | None:
+    """The code in `path`'s cached .pyc if it was compiled from the source as it is at `stat`
+    (`read(path)` reads the source, for a hash-based .pyc only)."""
     try:
         cache = importlib.util.cache_from_source(path)
         with io.open_code(cache) as file:  # not the wrapped `open`: no read to note
@@ -112,7 +119,10 @@ def read_bytecode(path: str, source: bytes, stat: os.stat_result) -> types.CodeT
     if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
         return None
     if int.from_bytes(data[4:8], "little") & 0b1:  # hash-based
-        if data[8:16] != importlib.util.source_hash(source):
+        try:
+            if data[8:16] != importlib.util.source_hash(read(path)):
+                return None
+        except OSError:
             return None
     else:
         second = int(stat.st_mtime)
