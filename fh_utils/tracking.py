@@ -1,11 +1,10 @@
 """Process-wide hooks that fill the module graph while project code runs.
 
 Project modules (source files under the watched roots) are loaded by `ProjectLoader`, which
-runs the source on disk (its cached bytecode only when it was certainly compiled from that
-source: a stale `.pyc` never runs), records what the module
-changes outside its namespace (`fh_utils.effects`) and, while it executes, every project module
-it imports: `import x`, `from x import y`, `importlib.import_module`, and imports made by code it
-calls at import time.
+runs the source on disk (its cached bytecode only when that was certainly compiled from this
+source: a stale `.pyc` never runs), records what the module changes outside its namespace
+(`fh_utils.effects`) and, while it executes, every project module it imports: `import x`,
+`from x import y`, `importlib.import_module`, and imports made by code it calls at import time.
 
 `activate(graph)` also wraps `open`, `io.open`, `os.open`, `os.listdir` and `os.scandir`: files
 under the roots opened for reading and directories listed while a module executes (or a
