@@ -367,13 +367,8 @@ class Reloader:
             fresh = plan.needs_import or self.target.module in batch.outcome.reran
             batch.app = self._resolve_app(fresh=fresh or self.app is None)
             batch.escalation = _unexpressible(batch.done)
-        except _Unfaithful as exc:
-            batch.rollback()
-            batch.escalation = exc.escalation
         except BaseException as exc:
-            error = exc.error if isinstance(exc, _ModuleFailed) else exc
-            batch.rollback()
-            batch.outcome.failure = self._describe(error)
+            self._roll_back(batch, exc)
         return batch
 
     def reimport(self, plan: Plan, cause: str) -> Batch:
@@ -398,14 +393,19 @@ class Reloader:
             batch.outcome.module_seconds += time.perf_counter() - started
             batch.app = self._resolve_app(fresh=True)
             batch.outcome.reran = [n for n in self.graph.modules() if n in sys.modules]
-        except _Unfaithful as exc:
-            batch.rollback()
-            batch.escalation = exc.escalation
         except BaseException as exc:
-            error = exc.error if isinstance(exc, _ModuleFailed) else exc
-            batch.rollback()
-            batch.outcome.failure = self._describe(error)
+            self._roll_back(batch, exc)
         return batch
+
+    def _roll_back(self, batch: Batch, exc: BaseException) -> None:
+        """`exc` stopped the batch: put everything back, then note why (a higher tier is
+        needed, or a failure to report)."""
+        batch.rollback()
+        if isinstance(exc, _Unfaithful):
+            batch.escalation = exc.escalation
+        else:
+            batch.outcome.failure = self._describe(
+                exc.error if isinstance(exc, _ModuleFailed) else exc)
 
     def _reexec(self, snapshot: dict[str, Any], batch: Batch
                 ) -> Callable[[types.ModuleType], Any]:
