@@ -257,7 +257,7 @@ class DevSession:
         await self._notify(lambda listener: listener.failed(failure))
         logger.error(
             "Could not load %s: %s\nServing an error page until a fix is saved.",
-            self.options.target.label, _with_traceback(failure),
+            self.options.target.label, with_traceback(failure),
         )
 
     def _is_mistake(self, failure: Failure) -> bool:
@@ -394,12 +394,12 @@ class DevSession:
             failure = outcome.failure
             if failure.kind.startswith("Lifespan"):
                 logger.error("Lifespan startup failed, the previous app keeps serving: %s",
-                             _with_traceback(failure, summary=failure.message))
+                             with_traceback(failure, summary=failure.message))
             else:
-                logger.error("Reload failed: %s", _with_traceback(failure))
+                logger.error("Reload failed: %s", with_traceback(failure))
             await self._notify(lambda listener: listener.failed(failure))
         elif ran:
-            self._log_reloaded(outcome, started)
+            log_reloaded(outcome, started)
             if not self.retiring:
                 await self._notify(lambda listener: listener.reloaded(outcome))
         patch = self.reloader.last_patch
@@ -591,24 +591,6 @@ class DevSession:
             await asyncio.sleep(0.01)
         self.server.should_exit = True
 
-    def _log_reloaded(self, outcome: Outcome, started: float) -> None:
-        if not outcome.changed and not outcome.reran:
-            return  # only os.environ changed, and the note said so
-        dependents = outcome.dependents
-        how = "" if outcome.tier == "in place" else (
-            f" by re-importing the project ({outcome.cause})" if outcome.tier == "re-import"
-            else f" by restarting the worker ({outcome.cause}; pinned values were not kept)")
-        logger.info(
-            "Reloaded %s%s%s in %d ms",
-            ", ".join(outcome.changed),
-            f" (+{dependents} dependent{'s' if dependents != 1 else ''})"
-            if dependents and outcome.tier == "in place" else "",
-            how,
-            (time.perf_counter() - started) * 1000,
-        )
-        logger.debug("Re-executed, in order: %s (their own code: %.1f ms)",
-                     ", ".join(outcome.reran), outcome.module_seconds * 1000)
-
     async def _notify(self, event: Callable[[DevListener], Awaitable[None]]) -> None:
         for listener in self.listeners:
             try:
@@ -724,7 +706,27 @@ def uvicorn_log_config(level: str | None) -> dict[str, Any]:
     return config
 
 
-def _with_traceback(failure: Failure, summary: str | None = None) -> str:
+def log_reloaded(outcome: Outcome, started: float) -> None:
+    """The line a reload that served logs (and, at debug level, what re-ran)."""
+    if not outcome.changed and not outcome.reran:
+        return  # only os.environ changed, and the note said so
+    dependents = outcome.dependents
+    how = "" if outcome.tier == "in place" else (
+        f" by re-importing the project ({outcome.cause})" if outcome.tier == "re-import"
+        else f" by restarting the worker ({outcome.cause}; pinned values were not kept)")
+    logger.info(
+        "Reloaded %s%s%s in %d ms",
+        ", ".join(outcome.changed),
+        f" (+{dependents} dependent{'s' if dependents != 1 else ''})"
+        if dependents and outcome.tier == "in place" else "",
+        how,
+        (time.perf_counter() - started) * 1000,
+    )
+    logger.debug("Re-executed, in order: %s (their own code: %.1f ms)",
+                 ", ".join(outcome.reran), outcome.module_seconds * 1000)
+
+
+def with_traceback(failure: Failure, summary: str | None = None) -> str:
     """The summary line, then the traceback when there is one."""
     summary = failure.summary if summary is None else summary
     return f"{summary}\n{failure.traceback}" if failure.traceback else summary

@@ -34,7 +34,7 @@ from typing import Any
 
 import watchfiles
 
-from fh_utils.dev import WATCH_STEP_MS, WATCHER_READY_TIMEOUT
+from fh_utils.dev import WATCH_STEP_MS, WATCHER_READY_TIMEOUT, log_reloaded, with_traceback
 from fh_utils.errors import Failure
 from fh_utils.live import STATIC_SUFFIXES
 from fh_utils.notebook import NotebookServer, ServeFailed
@@ -193,11 +193,11 @@ class KernelReloads:
         for note in outcome.notes:
             logger.warning(note)
         if outcome.failure is not None:
-            logger.error("Reload failed: %s", _with_traceback(outcome.failure))
+            logger.error("Reload failed: %s", with_traceback(outcome.failure))
             if server is not None:
                 server.show_error(outcome.failure)
         elif plan.runnable:
-            _log_reloaded(outcome, started)
+            log_reloaded(outcome, started)
             if server is not None:
                 server.refresh()
         patch = self.reloader.last_patch
@@ -291,18 +291,3 @@ def _state(path: Path) -> tuple[int, int]:
     except OSError:
         return (-1, -1)
     return (st.st_size, st.st_mtime_ns)
-
-
-def _log_reloaded(outcome: Outcome, started: float) -> None:
-    """The same line `fh_utils dev` logs for an in-place reload."""
-    if not outcome.changed and not outcome.reran:
-        return
-    dependents = outcome.dependents
-    logger.info("Reloaded %s%s in %d ms", ", ".join(outcome.changed),
-                f" (+{dependents} dependent{'s' if dependents != 1 else ''})"
-                if dependents else "", (time.perf_counter() - started) * 1000)
-    logger.debug("Re-executed, in order: %s", ", ".join(outcome.reran))
-
-
-def _with_traceback(failure: Failure) -> str:
-    return f"{failure.summary}\n{failure.traceback}" if failure.traceback else failure.summary
