@@ -11,9 +11,11 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 STARTUP_TIMEOUT = 60.0
 RELOAD_TIMEOUT = 15.0
@@ -35,6 +37,19 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def close_code(ws: Any, timeout: float) -> int | None:
+    """Read a WebSocket until the server closes the socket; its close code (None: still open)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd is not None else -1
+    except TimeoutError:
+        pass
+    return None
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str | Callable[[], str]

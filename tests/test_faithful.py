@@ -15,10 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import RELOAD_TIMEOUT, DevServer, wait_until, write
+from tests.conftest import RELOAD_TIMEOUT, DevServer, close_code, wait_until, write
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -466,19 +465,6 @@ app = Starlette(routes=[Route("/", home), WebSocketRoute("/ws", stream)])
 def first_message(server: DevServer) -> str:
     with connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5) as ws:
         return ws.recv(timeout=5)  # type: ignore[return-value]
-
-
-def close_code(ws, timeout: float) -> int | None:
-    """Read until the server closes the socket; its close code (None: still open)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ws.recv(timeout=max(0.01, deadline - time.monotonic()))
-    except ConnectionClosed as exc:
-        return exc.rcvd.code if exc.rcvd is not None else -1
-    except TimeoutError:
-        pass
-    return None
 
 
 @pytest.mark.timeout(60)

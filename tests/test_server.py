@@ -25,11 +25,11 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from fh_utils.server import Switch, Timeouts
-from tests.conftest import free_port, wait_until, write
+from tests.conftest import close_code, free_port, wait_until, write
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,19 +82,6 @@ class StreamReader:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-def close_code(ws: Any, timeout: float) -> int | None:
-    """Read until the server closes the socket; its close code (None: still open)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ws.recv(timeout=max(0.01, deadline - time.monotonic()))
-    except ConnectionClosed as exc:
-        return exc.rcvd.code if exc.rcvd is not None else -1
-    except TimeoutError:
-        pass
-    return None
 
 
 def no_app_error(log: str) -> None:

@@ -27,7 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import RELOAD_TIMEOUT, DevServer, wait_until, write
+from tests.conftest import RELOAD_TIMEOUT, DevServer, stop_process, wait_until, write
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/cwd").exists(),
                                 reason="finds the session's processes through /proc")
@@ -97,12 +97,7 @@ def ctrl_c(proc: subprocess.Popen[bytes]) -> float:
     """Send Ctrl+C; seconds until the process exited (inf if not within WAIT_EXIT s: then it
     is killed)."""
     started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=WAIT_EXIT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    if stop_process(proc, WAIT_EXIT) == -signal.SIGKILL:
         return float("inf")
     return time.monotonic() - started
 
