@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,12 +56,36 @@ def test_a_burst_is_one_report_and_new_directories_are_watched(tmp_path, watched
     paths(reports, {late / "mod.py"})
 
 
-def test_the_doorbell_watches_directories_but_ignored_ones(tmp_path):
+# The doorbell is inotify (Linux); elsewhere the watcher runs watchfiles' own loop, which the
+# tests above cover.
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify")
+
+
+def doorbell(root: Path, monkeypatch: pytest.MonkeyPatch) -> _Doorbell:
+    monkeypatch.delenv("WATCHFILES_FORCE_POLLING", raising=False)  # which turns it off
+    created = _Doorbell.create([root], lambda path: path.name == "node_modules")
+    assert created is not None
+    return created
+
+
+@linux_only
+def test_the_doorbell_watches_directories_but_ignored_ones(tmp_path, monkeypatch):
     (tmp_path / "src" / "pkg").mkdir(parents=True)
     (tmp_path / "node_modules" / "lib").mkdir(parents=True)
-    doorbell = _Doorbell.create([tmp_path], lambda path: path.name == "node_modules")
-    if doorbell is None:
-        pytest.skip("inotify is Linux's")  # the fallback is watchfiles' own loop
-    with doorbell:
-        watched_dirs = set(doorbell._dirs.values())
+    with doorbell(tmp_path, monkeypatch) as bell:
+        watched_dirs = set(bell._dirs.values())
     assert watched_dirs == {tmp_path, tmp_path / "src", tmp_path / "src" / "pkg"}
+
+
+@linux_only
+def test_files_made_in_a_new_directory_before_it_was_watched_are_found(tmp_path, monkeypatch):
+    with doorbell(tmp_path, monkeypatch) as bell:
+        late = tmp_path / "late" / "deeper"
+        late.mkdir(parents=True)  # all of it before the doorbell reads the first event
+        (late / "mod.py").write_text("y = 2\n")
+        (tmp_path / "late" / "node_modules").mkdir()
+        (tmp_path / "late" / "node_modules" / "x.js").write_text("//\n")
+        bell.drain()
+        assert bell.take_found() == {str(late / "mod.py")}
+        assert bell.take_found() == set()
+        assert late in set(bell._dirs.values())
