@@ -97,6 +97,11 @@ def output_text(cell: Any) -> str:
     return "\n".join(parts)
 
 
+def page_text(page: str) -> list[str]:
+    """The page's title, headings and paragraphs (not the live script, whose port differs)."""
+    return [text for _, text in re.findall(r"<(title|h1|p)>([^<]*)</", page)]
+
+
 def live_socket(port: int) -> ClientConnection:
     return connect(f"ws://127.0.0.1:{port}{LIVE_PATH}", origin=f"http://127.0.0.1:{port}",
                    open_timeout=10)
@@ -160,6 +165,18 @@ def test_example_notebook_serves_swaps_and_reloads_a_project_module(tmp_path):
             out = kernel.output_after_cell("Reloaded greetings.py in")
             assert out.count("Reloaded greetings.py") == 1, out
             client.close()
+
+            # A fresh kernel running the same cells on the same tree serves the same page.
+            cold_port = free_port()
+            cold = Kernel(work, cold_port, nbformat.read(work / "app.ipynb", as_version=4))
+            try:
+                for index in code[:4]:
+                    cold.run_cell(index)
+                cold_page = httpx.get(f"http://127.0.0.1:{cold_port}/").text
+            finally:
+                cold.shutdown()
+            assert page_text(cold_page) == page_text(httpx.get(url).text)
+            assert "Howdy, notebook!" in page_text(cold_page)
 
             out = kernel.run_cell(code[4])
             assert f"stopped the server on port {port}" in out
