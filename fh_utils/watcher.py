@@ -5,9 +5,10 @@ its `watch()` wakes every `step` milliseconds to look at them, taking the GIL ea
 the 3 ms step a save needs to be live quickly, that is about 330 wake-ups a second while
 nothing happens. Here, on Linux, the watcher thread sleeps in `select()` on an inotify
 descriptor of its own (the doorbell) until something under the watched directories changes,
-and only then asks `RustNotify.watch()` to collect the burst (it returns once nothing more
-happened for `step` ms). Elsewhere, or when inotify cannot be used (its watch limit), it falls
-back to watchfiles' loop.
+then until nothing more happened for `step` ms and no source file is still open for writing,
+and only then takes from `RustNotify` what it saw, up to a marker event of its own (so that
+nothing of the burst is left behind when watchfiles' thread lags). Elsewhere, or when inotify
+cannot be used (its watch limit), it falls back to watchfiles' loop.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import errno
 import logging
 import os
 import select
+import shutil
 import struct
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,11 +41,13 @@ _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = getattr(os, "O_CLOEXEC", 0o2000000)
 _IN_MASK = (0x2 | 0x4 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # what watchfiles reports
             | 0x01000000 | 0x02000000)  # IN_ONLYDIR | IN_DONT_FOLLOW
+_IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_FROM, _IN_DELETE = 0x2, 0x8, 0x40, 0x200
 _IN_CREATE, _IN_MOVED_TO, _IN_ISDIR, _IN_Q_OVERFLOW = 0x100, 0x80, 0x40000000, 0x4000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then the name)
 DEBOUNCE_MS = 1_600  # a burst of changes is reported after this long at most (watchfiles')
 COLLECT_TIMEOUT_MS = 20  # waiting, without sleeping, for watchfiles to report what rang
 LATE_TIMEOUT_MS = 2_000  # then waiting for it, stepping, when it lags (a loaded machine)
+WRITE_WAIT_MS = 2_000  # a source file open for writing holds its burst this long at most
 
 
 class Watcher:
@@ -76,22 +81,27 @@ class Watcher:
         """The thread's body: until `stop`, whatever goes wrong (logged, then started over)."""
         try:
             while not self.stop.is_set():
+                marker = _Marker.create() if _doorbell_possible() else None
                 try:
                     # watchfiles first: whatever rings the doorbell, it has seen too
-                    with RustNotify([str(d) for d in self.dirs], False, _polling_forced(),
-                                    _poll_delay_ms(), True, False) as notify:
+                    paths = [str(d) for d in self.dirs] + ([marker.dir] if marker else [])
+                    with RustNotify(paths, False, _polling_forced(), _poll_delay_ms(), True,
+                                    False) as notify:
                         doorbell = _Doorbell.create(self.dirs, self.ignore)
                         self.ready.set()
-                        if doorbell is None:
+                        if doorbell is None or marker is None:
                             self._loop_without_doorbell(notify)
                         else:
                             with doorbell:
-                                self._loop(doorbell, notify)
+                                self._loop(doorbell, notify, marker)
                 except Exception:
                     if self.stop.is_set():
                         return
                     logger.exception("The file watcher failed; restarting it")
                     self.stop.wait(0.5)
+                finally:
+                    if marker is not None:
+                        marker.remove()
         finally:
             for fd in (self._wake_r, self._wake_w):
                 try:
@@ -99,37 +109,78 @@ class Watcher:
                 except OSError:
                     pass
 
-    def _loop(self, doorbell: _Doorbell, notify: RustNotify) -> None:
+    def _loop(self, doorbell: _Doorbell, notify: RustNotify, marker: _Marker) -> None:
         while not self.stop.is_set():
             if not self._burst(doorbell):
                 return
-            # Nothing more for `step_ms`: the burst (an editor's atomic save) is over, and
-            # watchfiles has most likely seen it too: collect at once (a zero step, no
-            # sleeping). Under load its thread may lag: then wait for it, stepping, a while
-            # longer (a change that rang only the doorbell, such as a bare chmod on some
-            # systems, costs that wait).
-            changes = notify.watch(DEBOUNCE_MS, 0, COLLECT_TIMEOUT_MS, self.stop)
-            if changes == "timeout":
-                changes = notify.watch(DEBOUNCE_MS, self.step_ms, LATE_TIMEOUT_MS, self.stop)
+            # Nothing more for `step_ms`: the burst (an editor's atomic save) is over. Take
+            # what watchfiles saw up to now, and nothing of it later: see `_collect`.
+            changes = self._collect(notify, marker)
+            if changes is None:
+                return
             found = {(int(Change.added), path) for path in doorbell.take_found()}
-            if isinstance(changes, set) or found:
-                self._report((changes if isinstance(changes, set) else set()) | found)
+            if changes or found:
+                self._report(changes | found)
+
+    def _collect(self, notify: RustNotify, marker: _Marker) -> set[tuple[int, str]] | None:
+        """The changes watchfiles' thread has seen up to now; None when stopped.
+
+        Its thread reads the same kernel events as the doorbell, but on its own schedule: under
+        load it may not have read the last ones yet, and what it had already would be taken
+        without them, leaving them behind until some later change (a save seen seconds late, or
+        reported twice). So the marker, in a directory only watchfiles watches, is touched, and
+        changes are taken until it shows up: the events come in order, so whatever happened
+        before it is in by then. Collecting starts without sleeping between looks; when
+        watchfiles lags, it steps, for `LATE_TIMEOUT_MS` at most.
+        """
+        marker.touch()
+        collected: set[tuple[int, str]] = set()
+        started = time.monotonic()
+        while True:
+            late = time.monotonic() - started
+            step = 0 if late < COLLECT_TIMEOUT_MS / 1000 else self.step_ms
+            changes = notify.watch(DEBOUNCE_MS, step, COLLECT_TIMEOUT_MS, self.stop)
+            if changes == "stop":
+                return None
+            if isinstance(changes, set):
+                collected |= changes
+                if any(marker.owns(path) for _, path in changes):
+                    break
+            if late > LATE_TIMEOUT_MS / 1000:
+                logger.debug("The file watcher did not see its marker within %d ms",
+                             LATE_TIMEOUT_MS)
+                break
+        return {(change, path) for change, path in collected if not marker.owns(path)}
 
     def _burst(self, doorbell: _Doorbell) -> bool:
         """Sleep until the doorbell rings, then until it stays quiet for `step_ms` (at most
-        `DEBOUNCE_MS`). False when stopped."""
-        deadline = None
+        `DEBOUNCE_MS`). False when stopped.
+
+        A source file written in place (truncated, then written) may be quiet for a moment
+        half-written, when its writer is slow or the machine loaded: while a `.py` file is
+        open for writing, the burst goes on until its writer closes it (`WRITE_WAIT_MS` at
+        most), so that no reload reads the half.
+        """
+        deadline = write_deadline = None
         timeout: float | None = None
         while True:
             ready, _, _ = select.select([doorbell.fd, self._wake_r], [], [], timeout)
             if self._wake_r in ready or self.stop.is_set():
                 return False
-            if not ready:
-                return True  # quiet for step_ms
-            doorbell.drain()
             now = time.monotonic()
+            if not ready:  # quiet for `timeout`
+                if doorbell.writing:
+                    write_deadline = write_deadline or now + WRITE_WAIT_MS / 1000
+                    if now < write_deadline:
+                        timeout = write_deadline - now
+                        continue
+                    logger.debug("Still open for writing: %s", ", ".join(doorbell.writing))
+                doorbell.writing.clear()
+                return True
+            doorbell.drain()
             deadline = deadline or now + DEBOUNCE_MS / 1000
             if now > deadline:
+                doorbell.writing.clear()
                 return True
             timeout = self.step_ms / 1000
 
@@ -147,6 +198,33 @@ class Watcher:
             self.report(kept)
 
 
+class _Marker:
+    """A file in a private directory that only watchfiles watches: touching it puts an event
+    of ours in its queue, after every event that came before."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.path = os.path.join(directory, "marker")
+        self._prefix = directory + os.sep
+        self._count = 0
+        with open(self.path, "wb"):
+            pass
+
+    @classmethod
+    def create(cls) -> _Marker:
+        return cls(tempfile.mkdtemp(prefix="fh_utils-watch-"))
+
+    def touch(self) -> None:
+        self._count += 1  # a new time each touch: an event every time, whatever the clock
+        os.utime(self.path, ns=(self._count, self._count))
+
+    def owns(self, path: str) -> bool:
+        return path == self.dir or path.startswith(self._prefix)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class _Doorbell:
     """An inotify descriptor watching every directory under the roots (but ignored ones)."""
 
@@ -156,11 +234,12 @@ class _Doorbell:
         self._ignore = ignore
         self._dirs: dict[int, Path] = {}
         self._found: set[str] = set()
+        self.writing: set[str] = set()  # .py files created or written, not closed yet
 
     @classmethod
     def create(cls, roots: list[Path], ignore: Callable[[Path], bool]) -> _Doorbell | None:
         """None where inotify cannot be used (not Linux, polling forced, too many dirs)."""
-        if not sys.platform.startswith("linux") or _polling_forced():
+        if not _doorbell_possible():
             return None
         name = ctypes.util.find_library("c")
         try:
@@ -207,7 +286,7 @@ class _Doorbell:
         return found
 
     def _add(self, path: Path) -> None:
-        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MASK)
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MASK | _IN_CLOSE_WRITE)
         if wd < 0:
             code = ctypes.get_errno()
             if code in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
@@ -216,7 +295,8 @@ class _Doorbell:
         self._dirs[wd] = path
 
     def drain(self) -> None:
-        """Read every pending event; watch directories created meanwhile."""
+        """Read every pending event: watch directories created meanwhile, and note which
+        source files are open for writing."""
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -227,21 +307,37 @@ class _Doorbell:
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
                 name = data[offset + _EVENT.size:offset + _EVENT.size + length].rstrip(b"\0")
                 offset += _EVENT.size + length
-                if mask & _IN_Q_OVERFLOW:
-                    continue  # watchfiles has its own queue: only the ringing matters here
+                if mask & _IN_Q_OVERFLOW:  # watchfiles has its own queue: only the ringing
+                    self.writing.clear()  # matters here (a close may have been lost)
+                    continue
                 parent = self._dirs.get(wd)
-                if parent is not None and mask & _IN_ISDIR and mask & (_IN_CREATE | _IN_MOVED_TO):
-                    child = parent / os.fsdecode(name)
-                    if not self._ignore(child):
-                        try:
-                            self._add_tree(child, self._found)
-                        except OSError:
-                            pass
+                if parent is None:
+                    continue
+                if mask & _IN_ISDIR:
+                    if mask & (_IN_CREATE | _IN_MOVED_TO):
+                        self._watch_new(parent / os.fsdecode(name))
+                elif name.endswith(b".py"):
+                    path = str(parent / os.fsdecode(name))
+                    if mask & _IN_MODIFY or (mask & _IN_CREATE and not os.path.islink(path)):
+                        self.writing.add(path)  # (a new file is open: it is closed next)
+                    elif mask & (_IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM):
+                        self.writing.discard(path)
+
+    def _watch_new(self, directory: Path) -> None:
+        if not self._ignore(directory):
+            try:
+                self._add_tree(directory, self._found)
+            except OSError:
+                pass
 
 
 def _poll_delay_ms() -> int:
     value = os.environ.get("WATCHFILES_POLL_DELAY_MS", "")
     return int(value) if value.isdigit() else 300
+
+
+def _doorbell_possible() -> bool:
+    return sys.platform.startswith("linux") and not _polling_forced()
 
 
 def _polling_forced() -> bool:

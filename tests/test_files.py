@@ -21,6 +21,7 @@ import httpx
 from fh_utils import tracking
 from fh_utils.graph import ModuleGraph
 from tests.conftest import write
+from tests.test_faithful import assert_matches_cold
 
 PLAIN_APP = """
 from starlette.responses import PlainTextResponse
@@ -373,6 +374,27 @@ def test_atomic_rename_save_reloads_once(tmp_path, serve):
         "helpers.py (+1 dependent)"
     ]
     assert "deleted" not in server.log and "Reload failed" not in server.log
+
+
+def test_save_written_in_two_parts_is_reloaded_once_whole(tmp_path, serve):
+    # An editor writing in place (truncate, then write) on a loaded machine, or a slow writer:
+    # the first part alone is a valid module serving something else. It must never be served.
+    first = PLAIN_APP.format(text="first part only")
+    whole = first + "\nasync def app(scope, receive, send):\n" + (
+        "    await PlainTextResponse('the whole save')(scope, receive, send)\n")
+    app = write(tmp_path / "app.py", PLAIN_APP.format(text="before"))
+    server = serve("app.py")
+    with open(app, "w") as file:
+        file.write(textwrap.dedent(first))
+        file.flush()
+        window = time.monotonic() + 0.5  # a reload of the part would take ~5 ms
+        while time.monotonic() < window:
+            assert server.get().text == "before"
+        file.write(whole[len(first):])
+    server.wait_text("the whole save")
+    assert [r.split(" in ")[0] for r in reloads(server.log)] == ["app.py"]
+    assert "Reload failed" not in server.log  # (the truncated, empty file has no `app`)
+    assert_matches_cold(server, tmp_path)
 
 
 def test_burst_of_saves_ends_on_the_last_and_never_goes_back(tmp_path, serve):
