@@ -26,6 +26,7 @@ import marshal
 import os
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,8 +101,10 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
 # recorded time and size match the source, which misses a save made within the same second
 # that keeps the size (`"e001"` for `"e000"`): here a .pyc also has to have been written after
 # that second was over, so that no later save can share its recorded time. A hash-based .pyc
-# (PEP 552) is checked against the source's hash.
+# (PEP 552) is checked against the source's hash. Nor is a .pyc written here for a source saved
+# within the current second: plain Python, reading it later, would not see such a save either.
 _MASK = 0xFFFFFFFF
+_CLOCK_SLACK = 0.05  # file times come from the kernel's coarse clock, a tick behind at most
 
 
 def read_bytecode(path: str, stat: os.stat_result, read: Callable[[str], bytes]
@@ -139,7 +142,9 @@ def read_bytecode(path: str, stat: os.stat_result, read: Callable[[str], bytes]
 def write_bytecode(path: str, stat: os.stat_result, code: types.CodeType) -> None:
     """Cache `code`, compiled from the source as it was at `stat` (taken before reading it,
     so that a save meanwhile makes the .pyc look older than the file, never newer)."""
-    if sys.dont_write_bytecode:
+    if sys.dont_write_bytecode or time.time() < int(stat.st_mtime) + 1 + _CLOCK_SLACK:
+        # Saved within this second: a same-size save later in it would leave the .pyc looking
+        # current to Python (a `fh_utils run` or `python app.py` next would run stale code).
         return
     try:
         cache = importlib.util.cache_from_source(path)

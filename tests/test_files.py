@@ -632,3 +632,28 @@ def test_cached_bytecode_is_read_only_when_compiled_from_the_source(tmp_path, se
     without_cache = cold({"PYTHONPYCACHEPREFIX": str(tmp_path / "empty-cache")})
     assert start() == without_cache == "e001"
     assert cold() == "e001"  # the .pyc was written again, after the source's second
+
+
+def test_no_bytecode_is_written_for_a_source_saved_within_the_second(tmp_path, serve):
+    """A .pyc written for a source saved within the current second would hide, from plain
+    Python, a same-size save later in that second: `fh_utils run` or `python app.py` after
+    `fh_utils dev` would run the stale code. fh_utils writes none for such a source."""
+    writes_bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
+    helper = write(tmp_path / "helper.py", 'WORD = "e000"\n')
+    write(tmp_path / "app.py", PLAIN_APP.replace('"{text}"', "helper.WORD")
+          .replace("from starlette", "import helper\nfrom starlette"))
+    # The save's second, pinned ahead of the clock: not over when the server imports the
+    # module, however slowly it starts.
+    second = int(time.time()) + 60
+    os.utime(helper, (second + 0.1, second + 0.1))
+    server = serve("app.py", env=writes_bytecode)
+    assert server.get().text == "e000"
+    assert not list((tmp_path / "__pycache__").glob("helper.*.pyc"))
+
+    write(helper, 'WORD = "e001"\n')  # same size, same second
+    os.utime(helper, (second + 0.9, second + 0.9))
+    server.wait_text("e001")
+    fresh = subprocess.run([sys.executable, "-c", "import helper; print(helper.WORD)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True,
+                           env={**os.environ, **writes_bytecode}).stdout.strip()
+    assert fresh == server.get().text == "e001"
