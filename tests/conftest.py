@@ -87,8 +87,11 @@ class DevServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cwd / f"server-{self.port}.log"
         self._log_file = self.log_path.open("wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         full_env.pop("PORT", None)
+        # Bytecode is written, as on a user's machine (and a CI runner), unless a test says
+        full_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        full_env.update(env or {})
         if command is None:  # a script, e.g. `python app.py` calling fh_utils.serve()
             argv = [sys.executable, *args]
             full_env["PORT"] = str(self.port)

@@ -37,8 +37,13 @@ NOTICE = 8.0
 
 @contextlib.contextmanager
 def cold_server(cwd: Path, app: str = "app.py") -> Iterator[DevServer]:
-    """A fresh `fh_utils run APP` process on the same tree; stopped on exit."""
-    server = DevServer(cwd, [app], command="run")
+    """A fresh `fh_utils run APP` process on the same tree; stopped on exit.
+
+    It writes no bytecode: Python trusts a .pyc whose recorded time (to the second) and size
+    match the source, so a cold start soon after an earlier one, across a same-size save made
+    within the same second, would run the earlier one's .pyc (Python's pitfall, which the
+    oracle must not bring in). It reads the .pyc files fh_utils dev writes, which are safe."""
+    server = DevServer(cwd, [app], command="run", env={"PYTHONDONTWRITEBYTECODE": "1"})
     try:
         server.wait_ready()
         yield server

@@ -34,13 +34,18 @@ WAIT_MS = RELOAD_TIMEOUT * 1000
 class Kernel:
     """An IPython kernel started in `cwd` with `$PORT` set; cells run one at a time."""
 
-    def __init__(self, cwd: Path, port: int, nb: Any = None) -> None:
+    def __init__(self, cwd: Path, port: int, nb: Any = None, bytecode: bool = True) -> None:
         self.cwd = cwd
         self.port = port
         self.nb = nb if nb is not None else nbformat.v4.new_notebook()
         self.client = NotebookClient(self.nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(cwd)}})
         env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
+        # Bytecode written as on a user's machine; a cold kernel (the oracle) writes none,
+        # as `tests.test_faithful.cold_server` says why.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if not bytecode:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         self._setup = self.client.setup_kernel(env=env)
         self._setup.__enter__()
         self.running = True
@@ -168,7 +173,8 @@ def test_example_notebook_serves_swaps_and_reloads_a_project_module(tmp_path):
 
             # A fresh kernel running the same cells on the same tree serves the same page.
             cold_port = free_port()
-            cold = Kernel(work, cold_port, nbformat.read(work / "app.ipynb", as_version=4))
+            cold = Kernel(work, cold_port, nbformat.read(work / "app.ipynb", as_version=4),
+                          bytecode=False)
             try:
                 for index in code[:4]:
                     cold.run_cell(index)
