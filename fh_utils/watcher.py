@@ -13,6 +13,7 @@ cannot be used (its watch limit), it falls back to watchfiles' loop.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -111,7 +112,7 @@ class Watcher:
 
     def _loop(self, doorbell: _Doorbell, notify: RustNotify, marker: _Marker) -> None:
         while not self.stop.is_set():
-            if not self._burst(doorbell):
+            if not self._burst(doorbell, marker):
                 return
             # Nothing more for `step_ms`: the burst (an editor's atomic save) is over. Take
             # what watchfiles saw up to now, and nothing of it later: see `_collect`.
@@ -123,17 +124,18 @@ class Watcher:
                 self._report(changes | found)
 
     def _collect(self, notify: RustNotify, marker: _Marker) -> set[tuple[int, str]] | None:
-        """The changes watchfiles' thread has seen up to now; None when stopped.
+        """The changes watchfiles' thread has seen up to the burst's last marker; None when
+        stopped.
 
         Its thread reads the same kernel events as the doorbell, but on its own schedule: under
         load it may not have read the last ones yet, and what it had already would be taken
         without them, leaving them behind until some later change (a save seen seconds late, or
-        reported twice). So the marker, in a directory only watchfiles watches, is touched, and
-        changes are taken until it shows up: the events come in order, so whatever happened
-        before it is in by then. Collecting starts without sleeping between looks; when
-        watchfiles lags, it steps, for `LATE_TIMEOUT_MS` at most.
+        reported twice). So each time the doorbell is read, a marker is made in a directory
+        only watchfiles watches, and changes are taken until the last one shows up: the events
+        come in order, so whatever rang before it is in by then (usually at once: it was made
+        `step_ms` ago). Collecting starts without sleeping between looks; when watchfiles lags,
+        it steps, for `LATE_TIMEOUT_MS` at most.
         """
-        marker.touch()
         collected: set[tuple[int, str]] = set()
         started = time.monotonic()
         while True:
@@ -144,15 +146,16 @@ class Watcher:
                 return None
             if isinstance(changes, set):
                 collected |= changes
-                if any(marker.owns(path) for _, path in changes):
+                if any(path == marker.last for _, path in changes):
                     break
             if late > LATE_TIMEOUT_MS / 1000:
                 logger.debug("The file watcher did not see its marker within %d ms",
                              LATE_TIMEOUT_MS)
                 break
+        marker.clear()
         return {(change, path) for change, path in collected if not marker.owns(path)}
 
-    def _burst(self, doorbell: _Doorbell) -> bool:
+    def _burst(self, doorbell: _Doorbell, marker: _Marker) -> bool:
         """Sleep until the doorbell rings, then until it stays quiet for `step_ms` (at most
         `DEBOUNCE_MS`). False when stopped.
 
@@ -178,6 +181,7 @@ class Watcher:
                 doorbell.writing.clear()
                 return True
             doorbell.drain()
+            marker.make()  # after what was read: see `_collect`
             deadline = deadline or now + DEBOUNCE_MS / 1000
             if now > deadline:
                 doorbell.writing.clear()
@@ -199,24 +203,30 @@ class Watcher:
 
 
 class _Marker:
-    """A file in a private directory that only watchfiles watches: touching it puts an event
-    of ours in its queue, after every event that came before."""
+    """Files made in a private directory that only watchfiles watches: each puts an event of
+    ours in its queue, after every event that came before."""
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
-        self.path = os.path.join(directory, "marker")
+        self.last = ""  # the newest marker's path
         self._prefix = directory + os.sep
         self._count = 0
-        with open(self.path, "wb"):
-            pass
 
     @classmethod
     def create(cls) -> _Marker:
         return cls(tempfile.mkdtemp(prefix="fh_utils-watch-"))
 
-    def touch(self) -> None:
-        self._count += 1  # a new time each touch: an event every time, whatever the clock
-        os.utime(self.path, ns=(self._count, self._count))
+    def make(self) -> None:
+        self._count += 1
+        self.last = os.path.join(self.dir, str(self._count))
+        os.close(os.open(self.last, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _IN_CLOEXEC, 0o600))
+
+    def clear(self) -> None:
+        """Remove the markers made so far (their removal is reported, and ignored, later)."""
+        with os.scandir(self.dir) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
     def owns(self, path: str) -> bool:
         return path == self.dir or path.startswith(self._prefix)

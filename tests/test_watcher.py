@@ -3,6 +3,7 @@ never half-written; close() ends it."""
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import sys
@@ -96,7 +97,8 @@ def test_files_made_in_a_new_directory_before_it_was_watched_are_found(tmp_path,
 
 class LaggingNotify:
     """watchfiles' thread behind the doorbell, as under load: the first look finds only what it
-    had read by then (a stale change the doorbell does not watch), the next look the rest."""
+    had read by then (a stale change the doorbell does not watch, and the burst's first
+    marker), the next look the rest."""
 
     def __init__(self, looks: list[set[tuple[int, str]]]) -> None:
         self.looks = looks
@@ -115,8 +117,12 @@ def test_changes_are_collected_until_watchfiles_has_caught_up(tmp_path):
     try:
         stale = (int(Change.modified), str(tmp_path / "__pycache__" / "app.cpython-311.pyc"))
         saved = (int(Change.modified), str(tmp_path / "app.py"))
-        notify = LaggingNotify([{stale}, {saved, (int(Change.modified), marker.path)}])
+        marker.make()  # as each time the doorbell is read
+        first = (int(Change.added), marker.last)
+        marker.make()
+        notify = LaggingNotify([{stale, first}, {saved, (int(Change.added), marker.last)}])
         assert watcher._collect(notify, marker) == {stale, saved}  # type: ignore[arg-type]
+        assert not os.listdir(marker.dir)  # the markers are removed
     finally:
         marker.remove()
         watcher.close()
