@@ -20,6 +20,9 @@ Parts, each measured in this one run:
    (`PYTHONDONTWRITEBYTECODE=1`, where every module is compiled at each start).
 5. **Growth**: many reloads in a row; RSS, threads, file descriptors and `sys.modules` entries
    (the fixture's `/stats` route reports the last two) before and after.
+6. **The watcher alone**, in this process: a save (`write_text`) to the moment it is reported,
+   by fh_utils' `Watcher` (2 ms quiet window, as `fh_utils dev` runs it) and by watchfiles'
+   `watch()` as uvicorn --reload runs it (its defaults: 50 ms step, 1,600 ms debounce).
 
 (The big-heap row, 4, is section 3 of the suite: a class-body edit with 3 M objects alive.)
 """
@@ -34,12 +37,14 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import watchfiles
 
 from benchmarks.harness import Server, wait_served
 
@@ -58,9 +63,11 @@ class ScaleSizes:
     idle_seconds: float = 60.0
     growth_reloads: int = 1000
     starts: int = 3
+    watcher_saves: int = 200  # fh_utils' (uvicorn's takes a quarter as many: ~70 ms each)
 
 
-QUICK = ScaleSizes(modules=(0, 50), edits=3, idle_seconds=3.0, growth_reloads=40, starts=1)
+QUICK = ScaleSizes(modules=(0, 50), edits=3, idle_seconds=3.0, growth_reloads=40, starts=1,
+                   watcher_saves=20)
 
 
 # --- the fixture -------------------------------------------------------------------------------
@@ -235,6 +242,59 @@ def growth(server: Server, root: Path, reloads: int) -> dict[str, Any]:
     return {"warm": samples[0], "end": samples[-1], "reloads": reloads}
 
 
+def watcher_latency(root: Path, saves: int) -> dict[str, list[float]]:
+    """Save → reported, ms, for fh_utils' Watcher and for watchfiles as uvicorn runs it."""
+    from fh_utils.dev import WATCH_STEP_MS
+    from fh_utils.watcher import Watcher
+
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / "app.py"
+    target.write_text("VALUE = 0\n")
+    reported = threading.Event()
+    out: dict[str, list[float]] = {"fh_utils dev": [], "uvicorn --reload": []}
+
+    def measure(kind: str, count: int) -> None:
+        for i in range(count):
+            reported.clear()
+            started = time.perf_counter()
+            target.write_text(f"VALUE = {i + 1:06d}\n")
+            if reported.wait(5):
+                out[kind].append((time.perf_counter() - started) * 1000)
+            # Leave the watcher idle between saves, as between a user's (not a fixed
+            # benchmark delay: a save right after a report would join no burst either way).
+            time.sleep(0.01)
+
+    stop = threading.Event()
+    watcher = Watcher([root], lambda change, path: True, lambda path: False,
+                      lambda changes: reported.set(), stop, WATCH_STEP_MS)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    watcher.ready.wait(10)
+    measure("fh_utils dev", saves)
+    watcher.close()
+    thread.join(5)
+
+    stop = threading.Event()
+
+    def uvicorns() -> None:  # uvicorn's WatchFilesReload: watch() with its default step
+        for _ in watchfiles.watch(root, stop_event=stop, yield_on_timeout=True, rust_timeout=0):
+            if stop.is_set():
+                return
+            reported.set()
+
+    thread = threading.Thread(target=uvicorns, daemon=True)
+    thread.start()
+    probe = root / "probe.txt"  # watchfiles says nothing when ready: until a save is seen
+    for i in range(50):
+        probe.write_text(str(i))
+        if reported.wait(0.5):
+            break
+    measure("uvicorn --reload", max(5, saves // 4))
+    stop.set()
+    thread.join(5)
+    return out
+
+
 def run(work: Path, sizes: ScaleSizes, log: Any = print) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": sizes.__dict__, "edits": {}, "idle": {}, "start": {},
                                "memory": {}}
@@ -277,6 +337,10 @@ def run(work: Path, sizes: ScaleSizes, log: Any = print) -> dict[str, Any]:
         results["start"][mode] = starts
         log(f"  start ({mode}) " + ", ".join(
             f"{kind} {[round(x, 2) for x in xs]} s" for kind, xs in starts.items()))
+    # 6. the watcher alone
+    results["watcher"] = watcher_latency(work / "watcher", sizes.watcher_saves)
+    log("  watcher: save → reported, median ms: " + ", ".join(
+        f"{kind} {_median(ms):.2f}" for kind, ms in results["watcher"].items()))
     # 5. growth
     root = generate(work / "growth", min(200, big), "app")
     with Server("fh_utils dev", root, args=("--no-access-log",)) as server:
@@ -289,6 +353,11 @@ def run(work: Path, sizes: ScaleSizes, log: Any = print) -> dict[str, Any]:
 def _median(values: list[float]) -> float:
     values = [v for v in values if v == v]  # without NaN
     return statistics.median(values) if values else float("nan")
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def rows(results: dict[str, Any], section: str = "9") -> list[dict[str, str]]:
@@ -331,6 +400,11 @@ def rows(results: dict[str, Any], section: str = "9") -> list[dict[str, str]]:
     row("memory, all processes: RSS (PSS), MB", f"{mem_dev['rss']:.0f} ({mem_dev['pss']:.0f})",
         f"{mem_uv['rss']:.0f} ({mem_uv['pss']:.0f}) (--reload)", "RSS ≤ uvicorn + 15%",
         mem_dev["rss"] <= mem_uv["rss"] * 1.15)
+    if "watcher" in results:
+        fh, uv = (results["watcher"][kind] for kind in SERVERS)
+        row("the watcher alone: save → reported, ms, median (p90)",
+            f"{_median(fh):.2f} ({_quantile(fh, 0.9):.2f})",
+            f"{_median(uv):.1f} ({_quantile(uv, 0.9):.1f}) (--reload's watchfiles settings)")
     g = results["growth"]
     warm, end = g["warm"], g["end"]
     row(f"growth over {g['reloads']} reloads: RSS MB; threads; fds; sys.modules",

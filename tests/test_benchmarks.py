@@ -63,8 +63,10 @@ def test_quick_scale_section_reports_every_part(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     data = json.loads(out.read_text())
     scaled = data["results"]["scale"]
-    assert set(scaled) >= {"idle", "edits", "start", "memory", "growth"}
+    assert set(scaled) >= {"idle", "edits", "start", "memory", "growth", "watcher"}
     assert set(scaled["idle"]) == {"fh_utils dev", "uvicorn --reload"}
+    assert len(scaled["watcher"]["fh_utils dev"]) == 20  # every save was reported
+    assert len(scaled["watcher"]["uvicorn --reload"]) == 5
     assert scaled["growth"]["reloads"] == 40
     assert {row["#"] for row in data["rows"]} == {"9"}
     assert "overhead ≤ 8 ms" in result.stdout
