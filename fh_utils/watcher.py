@@ -213,8 +213,13 @@ class _Marker:
         self._count = 0
 
     @classmethod
-    def create(cls) -> _Marker:
-        return cls(tempfile.mkdtemp(prefix="fh_utils-watch-"))
+    def create(cls) -> _Marker | None:
+        """None where no private directory can be made (then there is no doorbell either)."""
+        try:
+            return cls(tempfile.mkdtemp(prefix="fh_utils-watch-"))
+        except OSError as exc:
+            logger.debug("Watching with watchfiles' own loop: %s", exc)
+            return None
 
     def make(self) -> None:
         self._count += 1

@@ -7,6 +7,7 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,7 @@ def test_changes_are_collected_until_watchfiles_has_caught_up(tmp_path):
     watcher = Watcher([tmp_path], keep=lambda change, path: True, ignore=lambda path: False,
                       report=lambda changes: None, stop=threading.Event())
     marker = _Marker.create()
+    assert marker is not None
     try:
         stale = (int(Change.modified), str(tmp_path / "__pycache__" / "app.cpython-311.pyc"))
         saved = (int(Change.modified), str(tmp_path / "app.py"))
@@ -178,3 +180,26 @@ def test_a_writer_that_keeps_the_file_open_delays_the_report_only_so_long(tmp_pa
         file.write("x = 1\n")
         file.flush()
         assert paths(reports, {target}) == {str(target)}  # while still open
+
+
+def test_without_a_temporary_directory_the_watcher_runs_watchfiles_loop(tmp_path, monkeypatch):
+    # No private directory for the markers (a read-only /tmp, which root here cannot make):
+    # no doorbell, but saves are seen.
+    def read_only(*args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    reports: Reports = queue.Queue()
+    stop = threading.Event()
+    watcher = Watcher([tmp_path], keep=lambda change, path: True, ignore=lambda path: False,
+                      report=reports.put, stop=stop)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        assert watcher.ready.wait(10)
+        (tmp_path / "app.py").write_text("x = 1\n")
+        assert str(tmp_path / "app.py") in paths(reports, {tmp_path / "app.py"})
+    finally:
+        watcher.close()
+        thread.join(5)
+    assert not thread.is_alive()
