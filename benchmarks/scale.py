@@ -63,7 +63,7 @@ class ScaleSizes:
     idle_seconds: float = 60.0
     growth_reloads: int = 1000
     starts: int = 3
-    watcher_saves: int = 200  # fh_utils' (uvicorn's takes a quarter as many: ~70 ms each)
+    watcher_saves: int = 200  # fh_utils' (uvicorn's takes a quarter as many: ~90 ms each)
 
 
 QUICK = ScaleSizes(modules=(0, 50), edits=3, idle_seconds=3.0, growth_reloads=40, starts=1,
@@ -260,9 +260,7 @@ def watcher_latency(root: Path, saves: int) -> dict[str, list[float]]:
             target.write_text(f"VALUE = {i + 1:06d}\n")
             if reported.wait(5):
                 out[kind].append((time.perf_counter() - started) * 1000)
-            # Leave the watcher idle between saves, as between a user's (not a fixed
-            # benchmark delay: a save right after a report would join no burst either way).
-            time.sleep(0.01)
+            time.sleep(0.01)  # saves spaced as a user's are (not measured)
 
     stop = threading.Event()
     watcher = Watcher([root], lambda change, path: True, lambda path: False,
