@@ -21,7 +21,7 @@ Parts, each measured in this one run:
 5. **Growth**: many reloads in a row; RSS, threads, file descriptors and `sys.modules` entries
    (the fixture's `/stats` route reports the last two) before and after.
 6. **The watcher alone**, in this process: a save (`write_text`) to the moment it is reported,
-   by fh_utils' `Watcher` (2 ms quiet window, as `fh_utils dev` runs it) and by watchfiles'
+   by fh_utils' `Watcher` (as `fh_utils dev` runs it) and by watchfiles'
    `watch()` as uvicorn --reload runs it (its defaults: 50 ms step, 1,600 ms debounce).
 
 (The big-heap row, 4, is section 3 of the suite: a class-body edit with 3 M objects alive.)
@@ -244,7 +244,7 @@ def growth(server: Server, root: Path, reloads: int) -> dict[str, Any]:
 
 def watcher_latency(root: Path, saves: int) -> dict[str, list[float]]:
     """Save → reported, ms, for fh_utils' Watcher and for watchfiles as uvicorn runs it."""
-    from fh_utils.dev import WATCH_STEP_MS
+    from fh_utils.dev import WATCH_QUIET_MS, WATCH_STEP_MS
     from fh_utils.watcher import Watcher
 
     root.mkdir(parents=True, exist_ok=True)
@@ -264,7 +264,8 @@ def watcher_latency(root: Path, saves: int) -> dict[str, list[float]]:
 
     stop = threading.Event()
     watcher = Watcher([root], lambda change, path: True, lambda path: False,
-                      lambda changes: reported.set(), stop, WATCH_STEP_MS)
+                      lambda changes: reported.set(), stop, WATCH_STEP_MS,
+                      WATCH_QUIET_MS)
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     watcher.ready.wait(10)

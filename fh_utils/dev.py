@@ -41,10 +41,13 @@ logger = logging.getLogger("fh_utils")
 
 CLEAR_SCREEN = "\x1b[2J\x1b[3J\x1b[H"
 
-# A change is reported once nothing more happened for `step` ms; watchfiles' default (50 ms)
-# alone would exceed our whole budget. Bursts still coalesce: anything arriving while a
-# reload runs is reported next, and each reload reads the files as they are then.
+# A change is reported once nothing more happened for `WATCH_QUIET_MS` (on Linux, where the
+# watcher sleeps on inotify; a .py file still open for writing holds it longer), or for
+# `WATCH_STEP_MS` where watchfiles' own loop looks that often; its default (50 ms) alone would
+# exceed our whole budget. Bursts still coalesce: anything arriving while a reload runs is
+# reported next, and each reload reads the files as they are then.
 WATCH_STEP_MS = 2
+WATCH_QUIET_MS = 1
 
 
 
@@ -324,7 +327,7 @@ class DevSession:
                 self._stop_watching()
 
         self._watcher = Watcher(self.watch.dirs, self._filter, self.watch.ignores, report,
-                                self._stop, WATCH_STEP_MS)
+                                self._stop, WATCH_STEP_MS, WATCH_QUIET_MS)
         thread = threading.Thread(target=self._watcher.run, daemon=True, name="fh_utils-watcher")
         thread.start()
         # A save made from now on is seen (the app is imported next: no edit falls between).

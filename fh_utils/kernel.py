@@ -34,7 +34,13 @@ from typing import Any
 
 import watchfiles
 
-from fh_utils.dev import WATCH_STEP_MS, WATCHER_READY_TIMEOUT, log_reloaded, with_traceback
+from fh_utils.dev import (
+    WATCH_QUIET_MS,
+    WATCH_STEP_MS,
+    WATCHER_READY_TIMEOUT,
+    log_reloaded,
+    with_traceback,
+)
 from fh_utils.errors import Failure
 from fh_utils.live import STATIC_SUFFIXES
 from fh_utils.notebook import NotebookServer, ServeFailed
@@ -96,7 +102,7 @@ class KernelReloads:
             logger.warning(note)
         self._scan()
         self._watcher = Watcher(self.roots, self._filter, self.spec.ignores, self._report,
-                                self._stop, WATCH_STEP_MS)
+                                self._stop, WATCH_STEP_MS, WATCH_QUIET_MS)
         self._thread = threading.Thread(target=self._watcher.run, daemon=True,
                                         name="fh_utils-kernel-watcher")
         self._thread.start()

@@ -5,7 +5,7 @@ its `watch()` wakes every `step` milliseconds to look at them, taking the GIL ea
 the 3 ms step a save needs to be live quickly, that is about 330 wake-ups a second while
 nothing happens. Here, on Linux, the watcher thread sleeps in `select()` on an inotify
 descriptor of its own (the doorbell) until something under the watched directories changes,
-then until nothing more happened for `step` ms and no source file is still open for writing,
+then until nothing more happened for 1 ms and no source file is still open for writing,
 and only then takes from `RustNotify` what it saw, up to a marker event of its own (so that
 nothing of the burst is left behind when watchfiles' thread lags). Elsewhere, or when inotify
 cannot be used (its watch limit), it falls back to watchfiles' loop.
@@ -55,18 +55,22 @@ class Watcher:
     """Watch `dirs` recursively; `report(changes)` is called in the watcher's thread.
 
     `ignore(path)` tells directories not to ring the doorbell for (virtual environments, .git,
-    caches); `keep(change, path)` is watchfiles' filter. `stop` ends it.
+    caches); `keep(change, path)` is watchfiles' filter. `stop` ends it. A burst is over once
+    the doorbell stayed quiet for `quiet_ms`; without a doorbell, watchfiles' loop looks every
+    `step_ms` (and that is its quiet window too).
     """
 
     def __init__(self, dirs: Iterable[Path], keep: Callable[[Change, str], bool],
                  ignore: Callable[[Path], bool], report: Callable[[Changes], None],
-                 stop: threading.Event, step_ms: int = 3) -> None:
+                 stop: threading.Event, step_ms: int = 3, quiet_ms: int | None = None
+                 ) -> None:
         self.dirs = [Path(d) for d in dirs]
         self.keep = keep
         self.ignore = ignore
         self.report = report
         self.stop = stop
         self.step_ms = step_ms
+        self.quiet_ms = step_ms if quiet_ms is None else quiet_ms
         self.ready = threading.Event()  # set once changes are being seen
         self._wake_r, self._wake_w = os.pipe()
 
@@ -114,7 +118,7 @@ class Watcher:
         while not self.stop.is_set():
             if not self._burst(doorbell, marker):
                 return
-            # Nothing more for `step_ms`: the burst (an editor's atomic save) is over. Take
+            # Nothing more for `quiet_ms`: the burst (an editor's atomic save) is over. Take
             # what watchfiles saw up to now, and nothing of it later: see `_collect`.
             changes = self._collect(notify, marker)
             if changes is None:
@@ -133,7 +137,7 @@ class Watcher:
         reported twice). So each time the doorbell is read, a marker is made in a directory
         only watchfiles watches, and changes are taken until the last one shows up: the events
         come in order, so whatever rang before it is in by then (usually at once: it was made
-        `step_ms` ago). Collecting starts without sleeping between looks; when watchfiles lags,
+        `quiet_ms` ago). Collecting starts without sleeping between looks; when watchfiles lags,
         it steps, for `LATE_TIMEOUT_MS` at most.
         """
         collected: set[tuple[int, str]] = set()
@@ -156,7 +160,7 @@ class Watcher:
         return {(change, path) for change, path in collected if not marker.owns(path)}
 
     def _burst(self, doorbell: _Doorbell, marker: _Marker) -> bool:
-        """Sleep until the doorbell rings, then until it stays quiet for `step_ms` (at most
+        """Sleep until the doorbell rings, then until it stays quiet for `quiet_ms` (at most
         `DEBOUNCE_MS`). False when stopped.
 
         A source file written in place (truncated, then written) may be quiet for a moment
@@ -186,7 +190,7 @@ class Watcher:
             if now > deadline:
                 doorbell.writing.clear()
                 return True
-            timeout = self.step_ms / 1000
+            timeout = self.quiet_ms / 1000
 
     def _loop_without_doorbell(self, notify: RustNotify) -> None:
         """watchfiles' own loop: it wakes every `step_ms` (and every 0.5 s to see `stop`)."""
