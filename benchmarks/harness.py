@@ -57,6 +57,11 @@ class Server:
         env.pop("PORT", None)
         # The fixture imports fh_utils (no_reload_cache): make this checkout importable.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        # No bytecode written, whatever the environment (unless a row asks for it): the edits
+        # keep a file's size, and after one within the second Python last cached it, uvicorn
+        # --reload's new worker would run the stale .pyc (Python's check: time to the second,
+        # and size) and never serve the edit.
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         env.update(extra)
         self._log = self.log_path.open("wb")
         self.started = time.perf_counter()
