@@ -158,6 +158,7 @@ def test_every_save_is_reported_in_its_own_burst_under_load(tmp_path, watched):
             process.wait()
 
 
+@linux_only  # the hold needs the doorbell's IN_CLOSE_WRITE
 def test_a_source_file_open_for_writing_is_reported_once_its_writer_closes_it(tmp_path,
                                                                               watched):
     reports, _ = watched
@@ -171,6 +172,7 @@ def test_a_source_file_open_for_writing_is_reported_once_its_writer_closes_it(tm
     assert paths(reports, {target}) == {str(target)}
 
 
+@linux_only  # the hold needs the doorbell's IN_CLOSE_WRITE
 def test_a_writer_that_keeps_the_file_open_delays_the_report_only_so_long(tmp_path, watched,
                                                                         monkeypatch):
     reports, _ = watched
