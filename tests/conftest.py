@@ -90,6 +90,7 @@ class DevServer:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         full_env.pop("PORT", None)
         # Bytecode is written, as on a user's machine (and a CI runner), unless a test says
+        # otherwise.
         full_env.pop("PYTHONDONTWRITEBYTECODE", None)
         full_env.update(env or {})
         if command is None:  # a script, e.g. `python app.py` calling fh_utils.serve()

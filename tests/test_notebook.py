@@ -41,8 +41,8 @@ class Kernel:
         self.client = NotebookClient(self.nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(cwd)}})
         env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
-        # Bytecode written as on a user's machine; a cold kernel (the oracle) writes none,
-        # as `tests.test_faithful.cold_server` says why.
+        # Bytecode written as on a user's machine; a cold kernel (the oracle) writes none
+        # (`tests.test_faithful.cold_server` says why).
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         if not bytecode:
             env["PYTHONDONTWRITEBYTECODE"] = "1"
