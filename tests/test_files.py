@@ -587,28 +587,40 @@ def test_template_read_per_request_refreshes_pages_without_a_python_reload(tmp_p
     assert "Reloaded" not in server.log  # nothing re-ran
 
 
+WRITES_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
+
+
+def helper_app(root: Path) -> Path:
+    """app.py serving helper.WORD ("e000"); returns helper.py."""
+    helper = write(root / "helper.py", 'WORD = "e000"\n')
+    write(root / "app.py", PLAIN_APP.replace('"{text}"', "helper.WORD")
+          .replace("from starlette", "import helper\nfrom starlette"))
+    return helper
+
+
+def fresh_word(root: Path, env: dict[str, str] | None = None) -> str:
+    """helper.WORD as a fresh `python` process imports it, writing bytecode as by default."""
+    return subprocess.run(
+        [sys.executable, "-c", "import helper; print(helper.WORD)"], cwd=root,
+        capture_output=True, text=True, check=True,
+        env={**os.environ, **WRITES_BYTECODE, **(env or {})}).stdout.strip()
+
+
 def test_cached_bytecode_is_read_only_when_compiled_from_the_source(tmp_path, serve):
     """With bytecode written (as on a user's machine), a start reads a project module's .pyc
     when Python would, except one written within the second its source was saved in: a save
     later in that second that keeps the size looks unchanged to Python's check (time to the
     second, and size), so Python runs the stale .pyc; fh_utils compiles the source, as a
     process without the cache does."""
-    writes_bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
-    helper = write(tmp_path / "helper.py", 'WORD = "e000"\n')
-    write(tmp_path / "app.py", PLAIN_APP.replace('"{text}"', "helper.WORD")
-          .replace("from starlette", "import helper\nfrom starlette"))
+    helper = helper_app(tmp_path)
     second = int(time.time()) - 60
     os.utime(helper, (second + 0.1, second + 0.1))
 
     def cold(env: dict[str, str] | None = None) -> str:
-        """What a fresh `python` process imports."""
-        return subprocess.run(
-            [sys.executable, "-c", "import helper; print(helper.WORD)"], cwd=tmp_path,
-            capture_output=True, text=True, check=True,
-            env={**os.environ, **writes_bytecode, **(env or {})}).stdout.strip()
+        return fresh_word(tmp_path, env)
 
     def start() -> str:
-        server = serve("app.py", env=writes_bytecode)
+        server = serve("app.py", env=WRITES_BYTECODE)
         text = server.get().text
         server.stop()
         return text
@@ -638,22 +650,16 @@ def test_no_bytecode_is_written_for_a_source_saved_within_the_second(tmp_path, s
     """A .pyc written for a source saved within the current second would hide, from plain
     Python, a same-size save later in that second: `fh_utils run` or `python app.py` after
     `fh_utils dev` would run the stale code. fh_utils writes none for such a source."""
-    writes_bytecode = {"PYTHONDONTWRITEBYTECODE": ""}
-    helper = write(tmp_path / "helper.py", 'WORD = "e000"\n')
-    write(tmp_path / "app.py", PLAIN_APP.replace('"{text}"', "helper.WORD")
-          .replace("from starlette", "import helper\nfrom starlette"))
+    helper = helper_app(tmp_path)
     # The save's second, pinned ahead of the clock: not over when the server imports the
     # module, however slowly it starts.
     second = int(time.time()) + 60
     os.utime(helper, (second + 0.1, second + 0.1))
-    server = serve("app.py", env=writes_bytecode)
+    server = serve("app.py", env=WRITES_BYTECODE)
     assert server.get().text == "e000"
     assert not list((tmp_path / "__pycache__").glob("helper.*.pyc"))
 
     write(helper, 'WORD = "e001"\n')  # same size, same second
     os.utime(helper, (second + 0.9, second + 0.9))
     server.wait_text("e001")
-    fresh = subprocess.run([sys.executable, "-c", "import helper; print(helper.WORD)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True,
-                           env={**os.environ, **writes_bytecode}).stdout.strip()
-    assert fresh == server.get().text == "e001"
+    assert fresh_word(tmp_path) == server.get().text == "e001"
