@@ -77,6 +77,16 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process a test starts: unbuffered, no inherited `PORT`, and
+    bytecode written as on a user's machine (and a CI runner), unless `extra` says otherwise."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("PORT", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(extra or {})
+    return env
+
+
 class DevServer:
     """`python -m fh_utils <command> ...` on a free port, with its output in a file."""
 
@@ -87,12 +97,7 @@ class DevServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cwd / f"server-{self.port}.log"
         self._log_file = self.log_path.open("wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        full_env.pop("PORT", None)
-        # Bytecode is written, as on a user's machine (and a CI runner), unless a test says
-        # otherwise.
-        full_env.pop("PYTHONDONTWRITEBYTECODE", None)
-        full_env.update(env or {})
+        full_env = child_env(env)
         if command is None:  # a script, e.g. `python app.py` calling fh_utils.serve()
             argv = [sys.executable, *args]
             full_env["PORT"] = str(self.port)

@@ -4,7 +4,6 @@ nbclient, with real HTTP to the server the kernel runs and real files edited on 
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import shutil
@@ -24,7 +23,7 @@ from nbclient.exceptions import CellExecutionError
 from websockets.sync.client import ClientConnection, connect
 
 from fh_utils.live import LIVE_PATH, MARKER
-from tests.conftest import RELOAD_TIMEOUT, free_port, wait_until, write
+from tests.conftest import RELOAD_TIMEOUT, child_env, free_port, wait_until, write
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notebook"
 CELL_TIMEOUT = 60
@@ -40,12 +39,10 @@ class Kernel:
         self.nb = nb if nb is not None else nbformat.v4.new_notebook()
         self.client = NotebookClient(self.nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(cwd)}})
-        env = {**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"}
-        # Bytecode written as on a user's machine; a cold kernel (the oracle) writes none
-        # (`tests.test_faithful.cold_server` says why).
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        if not bytecode:
-            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        # A cold kernel (the oracle) writes no bytecode (`tests.test_faithful.cold_server`
+        # says why).
+        env = child_env({"PORT": str(port),
+                         **({} if bytecode else {"PYTHONDONTWRITEBYTECODE": "1"})})
         self._setup = self.client.setup_kernel(env=env)
         self._setup.__enter__()
         self.running = True
