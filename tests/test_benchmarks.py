@@ -10,10 +10,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def quick_run(tmp_path: Path, *args: str, timeout: float) -> tuple[dict[str, Any], str]:
+    """`python -m benchmarks --quick ARGS`: its JSON results and its stdout (the table)."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", *args, "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(out.read_text()), result.stdout
 
 
 def test_light_fixture_needs_only_the_standard_library_and_every_edit_hits_one_marker(tmp_path):
@@ -32,13 +44,7 @@ def test_light_fixture_needs_only_the_standard_library_and_every_edit_hits_one_m
 
 
 def test_quick_run_reports_every_section(tmp_path):
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=100,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    data = json.loads(out.read_text())
+    data, stdout = quick_run(tmp_path, timeout=100)
     assert data["sizes"]["heavy"] is False
     assert set(data["results"]) == {"edits", "scaling", "heap", "overhead", "memory", "startup",
                                     "escalation"}
@@ -50,18 +56,12 @@ def test_quick_run_reports_every_section(tmp_path):
     assert all(len(plain[kind]["ms"]) == 2 for kind in ["app", *escalation["tier2"]])
     assert len(threaded["app"]["ms"]) == len(threaded["thread"]["ms"]) == 2
     assert len(escalation["log"][1]) >= 4  # the server's "Reloaded ..." lines were parsed
-    assert "| # | measurement | fh_utils dev | uvicorn | target | met |" in result.stdout
-    assert "cores" in result.stdout
+    assert "| # | measurement | fh_utils dev | uvicorn | target | met |" in stdout
+    assert "cores" in stdout
 
 
 def test_quick_scale_section_reports_every_part(tmp_path):
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "9", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=150,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    data = json.loads(out.read_text())
+    data, stdout = quick_run(tmp_path, "--only", "9", timeout=150)
     scaled = data["results"]["scale"]
     assert set(scaled) >= {"idle", "edits", "start", "memory", "growth", "watcher"}
     assert set(scaled["idle"]) == {"fh_utils dev", "uvicorn --reload"}
@@ -69,4 +69,4 @@ def test_quick_scale_section_reports_every_part(tmp_path):
     assert len(scaled["watcher"]["uvicorn --reload"]) == 5
     assert scaled["growth"]["reloads"] == 40
     assert {row["#"] for row in data["rows"]} == {"9"}
-    assert "overhead ≤ 8 ms" in result.stdout
+    assert "overhead ≤ 8 ms" in stdout

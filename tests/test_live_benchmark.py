@@ -3,22 +3,11 @@ cannot rot; `--quick` leaves it out unless named (it needs a browser). No figure
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_benchmarks import quick_run
 
 
 def test_quick_run_of_save_to_pixels_reports_every_series(tmp_path):
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "8", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    data = json.loads(out.read_text())
+    data, stdout = quick_run(tmp_path, "--only", "8", timeout=110)
     pixels = data["results"]["pixels"]
     assert set(pixels) == {"reload", "reload+state", "morph", "morph+state"}
     for name, series in pixels.items():
@@ -28,7 +17,7 @@ def test_quick_run_of_save_to_pixels_reports_every_series(tmp_path):
     assert pixels["morph+state"]["kept"] == [True, True]  # what morph is for
     assert all(p is not None for p in pixels["morph"]["morph"])  # the page morphed
     assert [row["#"] for row in data["rows"]] == ["8"] * 5
-    assert "| 8 | save → new text painted, morph, page scrolled + text typed" in result.stdout
+    assert "| 8 | save → new text painted, morph, page scrolled + text typed" in stdout
 
 
 def test_quick_run_leaves_save_to_pixels_out_unless_named():
