@@ -83,7 +83,10 @@ def _uvicorn_options(
     def add(command: click.Command) -> click.Command:
         for param in _UVICORN.params:
             if isinstance(param, click.Option) and param.name not in skip | _NOT_COPIED:
-                option = _copy(param)
+                # uvicorn 0.55 parses --header in a callback of its own (into tuples, with its
+                # own error); before, it passed the strings on. fh_utils parses them itself,
+                # the same way whichever uvicorn is installed.
+                option = _copy(param, callback=None) if param.name == "headers" else _copy(param)
                 if helps and param.name in helps:
                     option.help = helps[param.name]
                 command.params.append(option)
