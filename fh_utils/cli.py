@@ -193,8 +193,8 @@ def dev(ctx: click.Context, /, **values: Any) -> None:
     ):
         raise click.UsageError("--reload-delay cannot be used here: it applies to --reload full.")
     target = _target(values)
-    from fh_utils.dev import DevOptions  # imports IPython: only here
-    from fh_utils.runner import run_dev
+    from fh_utils.serve.processes import run_dev
+    from fh_utils.serve.session import DevOptions  # imports IPython: only here
 
     kwargs = uvicorn_kwargs(values)
     run_dev(
@@ -234,7 +234,7 @@ def run(ctx: click.Context, /, **values: Any) -> None:
     target = _target(values)
     kwargs = uvicorn_kwargs(values)
     kwargs["log_level"] = kwargs.get("log_level")
-    from fh_utils.production import run_production
+    from fh_utils.serve.production import run_production
 
     run_production(target, workers=values["workers"],
                    timeout_worker_healthcheck=values["timeout_worker_healthcheck"], **kwargs)

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fh_utils.cache import no_reload, no_reload_cache, on_reload
 
 from fh_utils import cache
-from fh_utils.cache import no_reload, no_reload_cache, on_reload
 
 TIMEOUT = 10
 

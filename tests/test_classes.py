@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fh_utils.classes import ClassKeeper
+from fh_utils.reload.classes import ClassKeeper
 
 Rerun = Callable[[str], ClassKeeper]
 

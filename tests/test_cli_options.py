@@ -9,10 +9,8 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
-import fh_utils.dev
-import fh_utils.production
-import fh_utils.runner
 from fh_utils.cli import main
+from fh_utils.serve import processes, production, session
 from tests.conftest import wait_until, write
 
 UVICORN_OPTIONS = [
@@ -33,8 +31,8 @@ async def app(scope, receive, send):
 def captured(monkeypatch):
     """What the commands would start, instead of a server: the typed call they end in."""
     calls: dict[str, object] = {}
-    monkeypatch.setattr(fh_utils.runner, "run_dev", lambda options: calls.update(dev=options))
-    monkeypatch.setattr(fh_utils.production, "run_production",
+    monkeypatch.setattr(processes, "run_dev", lambda options: calls.update(dev=options))
+    monkeypatch.setattr(production, "run_production",
                         lambda target, **kw: calls.update(run=(target, kw)))
     return calls
 
@@ -67,7 +65,7 @@ def test_dev_options_map_into_a_real_uvicorn_config(tmp_path, monkeypatch, captu
     assert options.live and options.clear and options.reload == "fast"
     assert list(options.reload_includes) == ["templates"]
     assert list(options.reload_excludes) == ["*.tmp"]
-    session_settings = fh_utils.dev.DevSession(options).uvicorn_settings
+    session_settings = session.DevSession(options).uvicorn_settings
     assert "env_file" not in session_settings  # loaded by the reloader, which reloads it
     assert str(options.uvicorn["env_file"]).endswith(".env")
     config = uvicorn.Config(lambda: None, **session_settings)

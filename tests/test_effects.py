@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fh_utils import effects
+from fh_utils.reload import effects
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +78,7 @@ def test_atexit_signal_handlers_sys_path_meta_path_and_warnings_filters() -> Non
 def test_an_atexit_callback_undone_does_not_run_at_exit() -> None:
     code = (
         "import atexit\n"
-        "from fh_utils import effects\n"
+        "from fh_utils.reload import effects\n"
         "effects.install()\n"
         "record = effects.Record('mod')\n"
         "with effects.recording(record):\n"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from fh_utils import tracking
-from fh_utils.graph import ModuleGraph
+from fh_utils.reload import tracking
+from fh_utils.reload.graph import ModuleGraph
 from tests.conftest import write
 from tests.test_faithful import assert_matches_cold
 

@@ -7,7 +7,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from fh_utils.hosts import host_allowed
+from fh_utils.serve.hosts import host_allowed
 from tests.conftest import write
 
 APP = """

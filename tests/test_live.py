@@ -22,8 +22,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fh_utils.errors import Failure
-from fh_utils.live import LIVE_PATH, MARKER, LiveHub, LiveReloadMiddleware, same_origin
+from fh_utils.browser.live import LIVE_PATH, MARKER, LiveHub, LiveReloadMiddleware, same_origin
+from fh_utils.reload.errors import Failure
 
 PAGE = "<!doctype html><html><head><title>t</title></head><body><p>hello</p></body></html>"
 ORIGIN = {"origin": "http://testserver"}
@@ -204,7 +204,7 @@ def test_root_path_is_in_the_socket_path():
 
 
 def test_live_js_ships_in_the_package_and_is_ascii():
-    js = (Path(__file__).parent.parent / "fh_utils" / "live.js").read_bytes()
+    js = (Path(__file__).parent.parent / "fh_utils" / "browser" / "live.js").read_bytes()
     js.decode("ascii")
     assert b"</script" not in js.lower()
 

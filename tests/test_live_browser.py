@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from fh_utils.live import LIVE_PATH, MARKER
+from fh_utils.browser.live import LIVE_PATH, MARKER
 from tests.conftest import (
     RELOAD_TIMEOUT,
     STARTUP_TIMEOUT,
@@ -300,7 +300,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from fh_utils.live import LiveReloadMiddleware
+from fh_utils.browser.live import LiveReloadMiddleware
 
 
 async def home(request):

@@ -10,8 +10,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from fh_utils.editor import Editor, find_editor
-from fh_utils.live import LIVE_PATH, LiveReloadMiddleware, editor_href
+from fh_utils.browser.editor import Editor, find_editor
+from fh_utils.browser.live import LIVE_PATH, LiveReloadMiddleware, editor_href
 from tests import test_live_browser as browser_tests
 from tests.conftest import RELOAD_TIMEOUT, wait_until, write
 from tests.test_live_browser import WAIT_MS, fasthtml_app

@@ -16,8 +16,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.testclient import TestClient
 
-from fh_utils._html import Rewriter
-from fh_utils.live import LIVE_PATH, MARKER, LiveHub, LiveReloadMiddleware, fasthtml_live
+from fh_utils.browser.html import Rewriter
+from fh_utils.browser.live import LIVE_PATH, MARKER, LiveHub, LiveReloadMiddleware, fasthtml_live
 
 PAGE = "<!doctype html><html><head><title>t</title></head><body><p>hello</p></body></html>"
 ORIGIN = {"origin": "http://testserver"}

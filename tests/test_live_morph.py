@@ -10,7 +10,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, WebSocketRoute
 
-from fh_utils.live import LIVE_PATH
+from fh_utils.browser.live import LIVE_PATH
 from tests import test_live_browser as browser_tests
 from tests.conftest import RELOAD_TIMEOUT, write
 from tests.test_live_browser import WAIT_MS, h1_text_is, open_live

@@ -22,7 +22,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from websockets.sync.client import ClientConnection, connect
 
-from fh_utils.live import LIVE_PATH, MARKER
+from fh_utils.browser.live import LIVE_PATH, MARKER
 from tests.conftest import RELOAD_TIMEOUT, child_env, free_port, wait_until, write
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notebook"

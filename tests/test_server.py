@@ -28,7 +28,7 @@ from starlette.routing import Route
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from fh_utils.server import Switch, Timeouts
+from fh_utils.serve.switch import Switch, Timeouts
 from tests.conftest import close_code, free_port, wait_until, write
 
 pytestmark = pytest.mark.timeout(60)

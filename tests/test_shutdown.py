@@ -317,7 +317,7 @@ def restart_worker(tmp_path: Path, serve) -> tuple[DevServer, int, int]:
     def stepped_down() -> bool:
         """The first server exec'd into the supervisor, which now handles SIGTERM (it set
         its handlers: a Ctrl+C while its interpreter starts is another story)."""
-        if b"fh_utils.zygote" not in Path(f"/proc/{original}/cmdline").read_bytes():
+        if b"fh_utils.serve.zygote" not in Path(f"/proc/{original}/cmdline").read_bytes():
             return False
         status = Path(f"/proc/{original}/status").read_text()
         caught = int(status.split("SigCgt:")[1].split()[0], 16)

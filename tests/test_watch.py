@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from watchfiles import Change
 
-from fh_utils.watch import WatchSpec, ignored_by_default
+from fh_utils.watch.filters import WatchSpec, ignored_by_default
 
 ALL_CHANGES = (Change.added, Change.modified, Change.deleted)
 

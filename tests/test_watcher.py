@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from watchfiles import Change
 
-from fh_utils import watcher as watcher_module
-from fh_utils.watcher import Watcher, _Doorbell, _Marker
+from fh_utils.watch import watcher as watcher_module
+from fh_utils.watch.watcher import Watcher, _Doorbell, _Marker
 
 Reports = queue.Queue[set[tuple[Change, str]]]
 

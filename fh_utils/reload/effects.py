@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-from fh_utils import _frames
+from fh_utils.reload import frames as _frames
 
 __all__ = ["Record", "SignalChain", "adopt_threads", "detached", "install",
            "install_task_factory", "recording", "uninstall"]
@@ -192,7 +192,7 @@ _is_project: Callable[[str], bool] | None = None
 
 def configure(is_project_file: Callable[[str], bool] | None) -> None:
     """Count a call as the running module's only when project code asked for it (see
-    `fh_utils._frames`); None counts every call (tests of this module)."""
+    `fh_utils.reload.frames`); None counts every call (tests of this module)."""
     global _is_project
     _is_project = is_project_file
 

@@ -2,8 +2,8 @@
 
 Loading the extension starts reloading the project modules the notebook imports (its
 directory, and the directories `%fh --watch` names) on save, between cells
-(`fh_utils.kernel`). `%fh app` serves `app` from a server in a background thread
-(`fh_utils.notebook`) and shows it in an iframe, with its URL; `%fh` again swaps the app
+(`fh_utils.notebook.reloads`). `%fh app` serves `app` from a server in a background thread
+(`fh_utils.notebook.server`) and shows it in an iframe, with its URL; `%fh` again swaps the app
 behind the same port. `%fh --stop` stops the server, and so does the kernel shutting down.
 
 What FastHTML's `fasthtml.jupyter` offers is covered: `JupyUvi(app, port=, host=,
@@ -29,8 +29,8 @@ from typing import Any, NoReturn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
 
-from fh_utils.kernel import KernelReloads
-from fh_utils.notebook import NotebookServer, ServeFailed
+from fh_utils.notebook.reloads import KernelReloads
+from fh_utils.notebook.server import NotebookServer, ServeFailed
 
 __all__ = ["FhMagics", "load_ipython_extension", "unload_ipython_extension"]
 

@@ -10,7 +10,7 @@ restart drops the socket; the page reconnects (backoff capped at about 2 s) and 
 as the new process answers::
 
     import os
-    from fh_utils.live import LiveReloadMiddleware
+    from fh_utils.browser.live import LiveReloadMiddleware
 
     app = ...  # FastHTML, Starlette, FastAPI or any ASGI app
     if os.environ.get("DEV"):  # never in production: the socket carries tracebacks
@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fh_utils._asgi import ASGIApp, Message, Receive, Scope, Send
-from fh_utils._html import Rewriter
-from fh_utils.editor import DETECTED, EditorError, find_editor
-from fh_utils.errors import Failure, describe, display_path
+from fh_utils.asgi import ASGIApp, Message, Receive, Scope, Send
+from fh_utils.browser.editor import DETECTED, EditorError, find_editor
+from fh_utils.browser.html import Rewriter
+from fh_utils.reload.errors import Failure, describe, display_path
 
 if TYPE_CHECKING:
-    from fh_utils.reload import Outcome
+    from fh_utils.reload.engine import Outcome
 
 __all__ = ["LIVE_PATH", "LiveHub", "LiveReloadMiddleware", "editor_href", "fasthtml_live"]
 
@@ -63,9 +63,9 @@ STATIC_SUFFIXES = frozenset(
      ".avif", ".woff", ".woff2", ".ttf", ".otf"}
 )
 
-_PACKAGE = files("fh_utils")
-# idiomorph 0.8.0 from npm, unchanged (0BSD: fh_utils/idiomorph.LICENSE); in the same function
-# scope as live.js, so a page's own Idiomorph (htmx's morph extension) is left alone.
+_PACKAGE = files("fh_utils.browser")
+# idiomorph 0.8.0 from npm, unchanged (0BSD: idiomorph.LICENSE beside this file); in the same
+# function scope as live.js, so a page's own Idiomorph (htmx's morph extension) is left alone.
 _CLIENT_JS = (
     "(function () {\n/* idiomorph 0.8.0, https://github.com/bigskysoftware/idiomorph, 0BSD */\n"
     + _PACKAGE.joinpath("idiomorph.min.js").read_text(encoding="ascii")
@@ -327,7 +327,7 @@ class LiveReloadMiddleware:
     `hub` defaults to a new `LiveHub`; `path` is the socket's path under `root_path`; `morph`
     False makes pages reload instead of morphing. `roots` (default: the working directory) and
     `is_project_file` say which files the editor may open and which frames of a request's
-    traceback are the user's; `editor` is the editor command (default: see fh_utils.editor).
+    traceback are the user's; `editor` is the editor command (default: see fh_utils.browser.editor).
     Everything else (lifespan, other WebSockets) passes straight through.
     """
 
@@ -416,7 +416,8 @@ class LiveReloadMiddleware:
     # -- opening files in the editor ---------------------------------------------------------
     async def _open_in_editor(self, scope: Scope) -> tuple[int, str]:
         """`LIVE_PATH/open?file=F&line=N`: a project file, asked for by one of our own pages
-        (the Host was checked before: fh_utils.hosts), opened in the editor. (status, text)."""
+        (the Host was checked before: fh_utils.serve.hosts), opened in the editor.
+        (status, text)."""
         if scope.get("method") not in ("GET", "POST"):
             return 405, "Use GET or POST."
         if not _same_origin_request(scope):

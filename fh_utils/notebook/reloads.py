@@ -1,7 +1,7 @@
 """Project modules a notebook imported, reloaded in place on save, between cells.
 
 `%load_ext fh_utils` starts one `KernelReloads` for the notebook's directory (and the
-directories `%fh --watch` names). It uses the engine of `fh_utils dev` (`fh_utils.reload`): a
+directories `%fh --watch` names). It uses the engine of `fh_utils dev` (`fh_utils.reload.engine`): a
 saved file re-runs its module and the modules that import it, dependencies first, as one batch
 that is committed or rolled back whole; `no_reload_cache` values stay.
 
@@ -34,20 +34,20 @@ from typing import Any
 
 import watchfiles
 
-from fh_utils.dev import (
+from fh_utils.browser.live import STATIC_SUFFIXES
+from fh_utils.notebook.server import NotebookServer, ServeFailed
+from fh_utils.reload.engine import Batch, Outcome, Plan, Reloader
+from fh_utils.reload.errors import Failure
+from fh_utils.serve.session import (
     WATCH_QUIET_MS,
     WATCH_STEP_MS,
     WATCHER_READY_TIMEOUT,
     log_reloaded,
     with_traceback,
 )
-from fh_utils.errors import Failure
-from fh_utils.live import STATIC_SUFFIXES
-from fh_utils.notebook import NotebookServer, ServeFailed
-from fh_utils.reload import Batch, Outcome, Plan, Reloader
 from fh_utils.target import AppTarget
-from fh_utils.watch import WatchSpec
-from fh_utils.watcher import Watcher
+from fh_utils.watch.filters import WatchSpec
+from fh_utils.watch.watcher import Watcher
 
 __all__ = ["KernelReloads", "stand_in"]
 
@@ -59,7 +59,7 @@ Schedule = Callable[[Callable[[], None]], object]
 async def stand_in(scope: Any, receive: Any, send: Any) -> None:
     """What the reload engine takes for "the app" in a kernel, where `%fh` says what is
     served instead (this is never served)."""
-    raise RuntimeError("fh_utils.kernel.stand_in is not an app")
+    raise RuntimeError("fh_utils.notebook.reloads.stand_in is not an app")
 
 
 class KernelReloads:

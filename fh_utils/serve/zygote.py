@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from fh_utils import channel
+from fh_utils.serve import channel
 
 __all__ = ["Zygote", "available", "start"]
 
@@ -42,7 +42,7 @@ logger = logging.getLogger("fh_utils")
 STOP_TIMEOUT = 1.0  # how long workers get to exit when the session ends
 
 # What a forked worker runs: (what to serve, channel to the worker that asked or None, channel
-# to the zygote, the listening socket) -> exit code. `fh_utils.runner.worker_main`.
+# to the zygote, the listening socket) -> exit code. `fh_utils.serve.processes.worker_main`.
 Worker = Callable[[Any, "socket.socket | None", socket.socket, socket.socket], int]
 
 
@@ -120,7 +120,7 @@ def start(listener: socket.socket, *, spawn: bool, log_config: dict[str, Any] | 
             # stdin is inherited, never read here: a worker forked later reads it when a
             # handler stops at `breakpoint()` (pdb needs the terminal).
             process = subprocess.Popen(
-                [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)],
+                [sys.executable, "-m", "fh_utils.serve.zygote", json.dumps(spec)],
                 pass_fds=(theirs.fileno(), listener.fileno()),
             )
         finally:
@@ -220,7 +220,7 @@ class _Zygote:
                 ours.close()
                 self._become_worker()
                 if self.worker is None:
-                    from fh_utils.runner import worker_main
+                    from fh_utils.serve.processes import worker_main
 
                     self.worker = worker_main
                 code = self.worker(pickle.loads(start), link, theirs, self.listener)
@@ -274,7 +274,7 @@ class _Zygote:
     def _preload(self, modules: list[str], sys_path: list[str], env_file: str | None) -> None:
         sys.path[:] = sys_path
         if env_file:
-            from fh_utils.envfile import EnvFile
+            from fh_utils.reload.envfile import EnvFile
 
             with contextlib.suppress(Exception):
                 EnvFile(env_file).load()
@@ -300,7 +300,7 @@ class _Zygote:
         spec = {"control": self.control.fileno(), "listener": self.listener.fileno(),
                 "excluded": sorted(self.excluded),
                 "preload": [modules, sys_path, env_file]}
-        os.execve(sys.executable, [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)],
+        os.execve(sys.executable, [sys.executable, "-m", "fh_utils.serve.zygote", json.dumps(spec)],
                   self.environ)
 
     def _stop_and_exit(self) -> NoReturn:
@@ -344,7 +344,7 @@ def _supervise(control: socket.socket, pid: int) -> None:
 
 
 def _main() -> None:
-    """`python -m fh_utils.zygote SPEC`: a spawned (or fresh) zygote, or a supervisor."""
+    """`python -m fh_utils.serve.zygote SPEC`: a spawned (or fresh) zygote, or a supervisor."""
     spec = json.loads(sys.argv[1])
     if "supervise" not in spec:  # a zygote: Ctrl+C is the main process's business
         signal.signal(signal.SIGINT, signal.SIG_IGN)

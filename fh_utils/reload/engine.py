@@ -5,14 +5,15 @@ re-executed, dependencies first, each through IPython's `superreload`. Nothing o
 final until `Batch.commit()`: files are compiled before any module is touched, and if a module
 raises (anything, including `SystemExit`), the app can no longer be found, or the new app's
 lifespan startup fails, `Batch.rollback()` gives every module its exact previous namespace,
-its classes and its side effects back (`fh_utils.effects`), and no old object has been patched.
+its classes and its side effects back (`fh_utils.reload.effects`), and no old object has been
+patched.
 Only a committed batch moves old functions and instances onto the new code, cancels the tasks
 of the runs it replaced and releases cached values whose function is gone.
 
 Two tiers exist in this process: `run` re-executes in place (fast); `reimport` imports the
 whole project afresh (every project module leaves `sys.modules`; installed packages and
 `no_reload_cache` values stay) for what in place cannot do faithfully. A batch says which
-tier it needs (`Batch.escalation`); the session decides (`fh_utils.dev`).
+tier it needs (`Batch.escalation`); the session decides (`fh_utils.serve.session`).
 
 Changes that failed are not lost: every path of a batch that did not commit is planned again
 with the next save.
@@ -38,15 +39,15 @@ from typing import Any, Literal
 
 from IPython.extensions import autoreload
 
-from fh_utils import effects
-from fh_utils.cache import engine as cache_engine
-from fh_utils.classes import ClassKeeper
-from fh_utils.envfile import Changes, EnvFile
-from fh_utils.errors import Failure, describe, display_path
-from fh_utils.graph import GraphState, Listing, ModuleGraph, Resource
-from fh_utils.patch import Patcher
+from fh_utils.reload import effects
+from fh_utils.reload.classes import ClassKeeper
+from fh_utils.reload.envfile import Changes, EnvFile
+from fh_utils.reload.errors import Failure, describe, display_path
+from fh_utils.reload.graph import GraphState, Listing, ModuleGraph, Resource
+from fh_utils.reload.patch import Patcher
+from fh_utils.reload.pinning import engine as cache_engine
+from fh_utils.reload.tracking import ProjectFinder, activate, deactivate, track_environ
 from fh_utils.target import AppTarget
-from fh_utils.tracking import ProjectFinder, activate, deactivate, track_environ
 
 logger = logging.getLogger("fh_utils")
 
@@ -526,7 +527,7 @@ class Reloader:
                 f"{self.target.label} is {type(app).__name__}, not an ASGI application"
             )
         served: ASGIApp = app
-        return served  # fh_utils.dev adapts ASGI 2 and WSGI apps (--interface)
+        return served  # fh_utils.serve.session adapts ASGI 2 and WSGI apps (--interface)
 
     def _describe(self, exc: BaseException) -> Failure:
         if isinstance(exc, AppNotFound):

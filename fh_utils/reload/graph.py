@@ -1,6 +1,6 @@
 """Which project modules exist, where their files are, and what each imported and read.
 
-The graph is filled while modules execute (by `fh_utils.tracking`): the project modules a
+The graph is filled while modules execute (by `fh_utils.reload.tracking`): the project modules a
 module imports, the files under the watched roots it opens for reading, the directories it
 lists, and (with `--env-file`) the environment variables it reads. Reads made while a
 `no_reload_cache` function computes belong to that cache entry instead.
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fh_utils._frames import asked_by_project
-from fh_utils.watch import ignored_by_default
+from fh_utils.reload.frames import asked_by_project
+from fh_utils.watch.filters import ignored_by_default
 
 __all__ = ["HANDLING_REQUEST", "GraphState", "Listing", "ModuleGraph", "Resource"]
 
@@ -103,7 +103,7 @@ class ModuleGraph:
         # re-runs nothing, but the pages that show it are refreshed (`--live`).
         self.request_reads: set[Path] = set()
         self._written: set[Path] = set()  # files opened for writing since the reloader looked
-        # The cache entry computing in this thread, if any (see fh_utils.cache.engine).
+        # The cache entry computing in this thread, if any (see fh_utils.reload.pinning.engine).
         self.computing: Callable[[], object | None] = _nothing
 
     # -- what belongs to the project ---------------------------------------------------------

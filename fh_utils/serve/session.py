@@ -21,17 +21,23 @@ import watchfiles
 from uvicorn.middleware import wsgi
 from uvicorn.middleware.asgi2 import ASGI2Middleware
 
-from fh_utils import effects
-from fh_utils.channel import Channel
-from fh_utils.errors import Failure
-from fh_utils.hosts import HostGuard
-from fh_utils.live import STATIC_SUFFIXES, LiveHub, LiveReloadMiddleware, editor_href, fasthtml_live
-from fh_utils.reload import Batch, Outcome, Plan, Reloader
-from fh_utils.server import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
+from fh_utils.browser.live import (
+    STATIC_SUFFIXES,
+    LiveHub,
+    LiveReloadMiddleware,
+    editor_href,
+    fasthtml_live,
+)
+from fh_utils.reload import effects
+from fh_utils.reload.engine import Batch, Outcome, Plan, Reloader
+from fh_utils.reload.errors import Failure
+from fh_utils.serve.channel import Channel
+from fh_utils.serve.hosts import HostGuard
+from fh_utils.serve.switch import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
+from fh_utils.serve.zygote import Zygote
 from fh_utils.target import AppTarget
-from fh_utils.watch import WatchSpec
-from fh_utils.watcher import Watcher
-from fh_utils.zygote import Zygote
+from fh_utils.watch.filters import WatchSpec
+from fh_utils.watch.watcher import Watcher
 
 __all__ = ["STATIC_SUFFIXES", "DevListener", "DevOptions", "DevSession", "uvicorn_log_config"]
 
@@ -75,7 +81,7 @@ class DevOptions:
     reload: Literal["fast", "full", "no"] = "fast"
     live: bool = False
     live_morph: bool = True  # --live pages morph in place (False: they reload)
-    editor: str | None = None  # the command that opens files from the overlay (fh_utils.editor)
+    editor: str | None = None  # opens files from the overlay (fh_utils.browser.editor)
     clear: bool = False
     escalate: bool = True  # re-import or restart when in place cannot be faithful
     keep_connections: bool = False  # leave a retired app's WebSockets and streams open
@@ -120,7 +126,7 @@ class DevSession:
         self.options = options
         self.zygote = zygote
         self.link = link
-        self.server: Any = None  # the uvicorn.Server, once serving (fh_utils.runner)
+        self.server: Any = None  # the uvicorn.Server, once serving (fh_utils.serve.processes)
         self.retiring = False  # a newer worker took over: this one stops serving
         self.shutting_down = False
         self.watch = options.watch_spec()

@@ -29,10 +29,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fh_utils import effects
-from fh_utils._asgi import ASGIApp, Message, Receive, Scope, Send
-from fh_utils.errors import Failure
-from fh_utils.graph import HANDLING_REQUEST
+from fh_utils.asgi import ASGIApp, Message, Receive, Scope, Send
+from fh_utils.reload import effects
+from fh_utils.reload.errors import Failure
+from fh_utils.reload.graph import HANDLING_REQUEST
 
 __all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch", "Timeouts"]
 

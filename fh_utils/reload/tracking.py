@@ -3,7 +3,7 @@
 Project modules (source files under the watched roots) are loaded by `ProjectLoader`, which
 runs the source on disk (its cached bytecode only when that was certainly compiled from this
 source: a stale `.pyc` never runs), records what the module changes outside its namespace
-(`fh_utils.effects`) and, while it executes, every project module it imports: `import x`,
+(`fh_utils.reload.effects`) and, while it executes, every project module it imports: `import x`,
 `from x import y`, `importlib.import_module`, and imports made by code it calls at import time.
 
 `activate(graph)` also wraps `open`, `io.open`, `os.open`, `os.listdir` and `os.scandir`: files
@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fh_utils import effects
-from fh_utils.graph import ModuleGraph
+from fh_utils.reload import effects
+from fh_utils.reload.graph import ModuleGraph
 
 __all__ = ["ProjectFinder", "ProjectLoader", "RunObserver", "activate", "deactivate",
            "track_environ"]

@@ -1,4 +1,4 @@
-// fh_utils live reload: injected into HTML pages by fh_utils.live.LiveReloadMiddleware, in one
+// fh_utils live reload: injected into HTML pages by fh_utils.browser.live.LiveReloadMiddleware, in one
 // function scope after idiomorph (fh_utils/idiomorph.min.js), whose `Idiomorph` it uses.
 // Messages (JSON): hello {server, generation, css} | reload {generation, failing, full} |
 // css {files, css} | error {error, message, file, line, traceback, request, editable}.

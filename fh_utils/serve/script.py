@@ -58,8 +58,8 @@ def serve(
         return
     _serving = True
 
-    from fh_utils.dev import DevOptions  # imports IPython: only when serving
-    from fh_utils.runner import run_dev
+    from fh_utils.serve.processes import run_dev
+    from fh_utils.serve.session import DevOptions  # imports IPython: only when serving
     from fh_utils.target import AppTarget, TargetError, resolve_target
 
     if procs not in (None, 1):
@@ -113,7 +113,7 @@ def _adopt(main: types.ModuleType, name: str) -> None:
         if isinstance(value, type | types.FunctionType) and value.__module__ == old:
             value.__module__ = name
     sys.modules[name] = main
-    from fh_utils import cache
+    from fh_utils.reload import pinning as cache
 
     cache.engine.rename_module(old, name)
 

@@ -1,13 +1,13 @@
 """A dev server in a background thread of a notebook kernel, serving a `Switch`.
 
-`%fh app` (`fh_utils.jupyter`) starts one `NotebookServer`: a uvicorn server with its own event
-loop in a thread, bound once to its port. Each `%fh` after that swaps the app behind the same
-socket (`serve`): the new app's lifespan starts, then it takes the next request, and the app it
-replaces shuts down once its requests are done, as under `fh_utils dev`.
+`%fh app` (`fh_utils.notebook.magics`) starts one `NotebookServer`: a uvicorn server with its
+own event loop in a thread, bound once to its port. Each `%fh` after that swaps the app behind
+the same socket (`serve`): the new app's lifespan starts, then it takes the next request, and
+the app it replaces shuts down once its requests are done, as under `fh_utils dev`.
 
-The kernel's main thread re-runs project modules between cells (`fh_utils.kernel`); while it
-does, `paused()` holds new connections at the switch and `frozen()` stops the server's loop,
-so no request code runs while a module is half-executed.
+The kernel's main thread re-runs project modules between cells (`fh_utils.notebook.reloads`);
+while it does, `paused()` holds new connections at the switch and `frozen()` stops the
+server's loop, so no request code runs while a module is half-executed.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from fh_utils import effects
-from fh_utils.dev import adapt_interface, lifespan_failure
-from fh_utils.errors import Failure
-from fh_utils.hosts import HostGuard
-from fh_utils.live import LiveHub, LiveReloadMiddleware
-from fh_utils.server import LifespanFailed, Switch, Timeouts
+from fh_utils.browser.live import LiveHub, LiveReloadMiddleware
+from fh_utils.reload import effects
+from fh_utils.reload.errors import Failure
+from fh_utils.serve.hosts import HostGuard
+from fh_utils.serve.session import adapt_interface, lifespan_failure
+from fh_utils.serve.switch import LifespanFailed, Switch, Timeouts
 
 __all__ = ["NotebookServer", "ServeFailed"]
 

@@ -12,7 +12,7 @@ object of the previous run, points the new methods' `__class__` cells at it, and
 that object. Instances, subclasses and references everywhere keep one class, with the new
 code. Everything is recorded so that a batch that fails puts the old classes back exactly.
 
-Classes are not kept (a new class object is made, and `fh_utils.patch` moves old instances
+Classes are not kept (a new class object is made, and `fh_utils.reload.patch` moves old instances
 to it) when their metaclass is not `type` or `abc.ABCMeta` (an ORM model, a pydantic model:
 the metaclass registered the new class), when a base defines `__init_subclass__` (a registry
 saw the new class), when `__slots__` or the bases cannot change in place, or when the class

@@ -17,7 +17,7 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 
-from fh_utils._asgi import ASGIApp, Receive, Scope, Send
+from fh_utils.asgi import ASGIApp, Receive, Scope, Send
 
 __all__ = ["HostGuard", "host_allowed"]
 

@@ -1,6 +1,6 @@
 """The processes of `fh_utils dev`: the first server, the zygote, and the workers it forks.
 
-`run_dev` binds the listening socket itself, starts the zygote (`fh_utils.zygote`) with it,
+`run_dev` binds the listening socket itself, starts the zygote (`fh_utils.serve.zygote`) with it,
 and serves the app in this process. When a reload needs a new process, a worker forked from
 the zygote takes over the same socket (`worker_main`) and this process steps down: it then
 replaces itself (`exec`) with a small supervisor that only waits for Ctrl+C, so nothing of the
@@ -26,9 +26,10 @@ from typing import Any, NoReturn
 import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
 
-from fh_utils import effects, zygote
-from fh_utils.channel import Channel
-from fh_utils.dev import DevOptions, DevSession, uvicorn_log_config
+from fh_utils.reload import effects
+from fh_utils.serve import zygote
+from fh_utils.serve.channel import Channel
+from fh_utils.serve.session import DevOptions, DevSession, uvicorn_log_config
 from fh_utils.target import AppTarget
 
 __all__ = ["DevServer", "run_dev", "worker_main"]
@@ -203,7 +204,7 @@ def _become_supervisor(handle: zygote.Zygote) -> NoReturn:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     handle.sock.set_inheritable(True)
     spec = {"supervise": handle.sock.fileno(), "pid": handle.pid}
-    os.execv(sys.executable, [sys.executable, "-m", "fh_utils.zygote", json.dumps(spec)])
+    os.execv(sys.executable, [sys.executable, "-m", "fh_utils.serve.zygote", json.dumps(spec)])
 
 
 _CHILD_OPTIONS = "FH_UTILS_DEV_CHILD_OPTIONS"

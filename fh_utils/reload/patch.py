@@ -25,7 +25,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from fh_utils._code import same_function
+from fh_utils.reload.compare import same_function
 
 __all__ = ["Patcher"]
 

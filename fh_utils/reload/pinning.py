@@ -21,8 +21,8 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from fh_utils import effects
-from fh_utils._code import same_code, same_function
+from fh_utils.reload import effects
+from fh_utils.reload.compare import same_code, same_function
 
 if TYPE_CHECKING:
     from functools import _lru_cache_wrapper
@@ -180,7 +180,7 @@ def _main_calls_serve() -> bool:
 
 
 class Engine:
-    """What the reload engine (`fh_utils.reload`) asks of the registries: the only way in.
+    """What the reload engine (`fh_utils.reload.engine`) asks of the registries: the only way in.
 
     The engine tells it when a module is about to run again, when a run succeeded, and when a
     batch of runs is over; it asks which cache entry is computing (to attribute file reads) and

@@ -1,0 +1,1 @@
+"""fh_utils in a notebook: the `%fh` magics, reloads between cells, and the kernel's server."""

@@ -1,0 +1,1 @@
+"""Which files count, and a watcher that reports each save whole."""
