@@ -5,13 +5,14 @@
     db.py        SQLAlchemy: an in-memory SQLite engine and `class Base(DeclarativeBase)`
     models.py    a declarative model; an edit adds a column. Run again in place, SQLAlchemy
                  refuses to declare the table twice on the same metadata; a fresh process
-                 loads it, so the project is re-imported (tier 2)
+                 loads it, so the project is re-imported (the re-import tier)
     status.py    an Enum; an edit adds a member, which no in-place update can carry to the
-                 existing members: the project is re-imported (tier 2)
+                 existing members: the project is re-imported (the re-import tier)
     ticker.py    optional: starts a daemon thread at import (an endless loop); an edit here
                  cannot be faithful in place while that thread runs: the worker restarts
-                 (tier 3). With it, a models.py edit restarts the worker too (the re-import
-                 finds the thread alive), so tier 2 is measured on a copy without ticker.py.
+                 (the restart tier). With it, a models.py edit restarts the worker too (the
+                 re-import finds the thread alive), so the re-import tier is measured on a copy
+                 without ticker.py.
 
 Installed imports dominate start-up in the heavy fixture (numpy, pandas, SQLAlchemy,
 FastHTML). The light fixture (`--quick`) has no numpy/pandas; without SQLAlchemy installed

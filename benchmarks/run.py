@@ -14,7 +14,7 @@ Sections (each next to uvicorn on the same fixture, see benchmarks/fixture.py):
 4. overhead: steady-state requests per second, fh_utils dev versus plain uvicorn;
 5. memory: the dev server's RSS over many reloads;
 6. start-up: process start to the first response;
-7. escalation: edits that need a re-import (tier 2) or a new worker (tier 3), next to ordinary
+7. escalation: edits that need a re-import or a new worker (the restart tier), next to ordinary
    ones, on a fixture whose installed imports dominate start-up (benchmarks/escalation.py);
    the tier each took (from the server's log), failed requests, and the floor of a restart
    (the project's own import and start-up in a fresh process with the installed packages
@@ -284,8 +284,8 @@ class Bench:
         """(7): edits that need each tier of reloading, on a fixture whose installed imports
         dominate start-up (numpy, pandas, SQLAlchemy, FastHTML; no model load).
 
-        Two copies served side by side: tier 2 (a column added to a SQLAlchemy model, a member
-        added to an Enum) on one without ticker.py, tier 3 (an edit of ticker.py, whose daemon
+        Two copies served side by side: re-import (a column added to a SQLAlchemy model, a member
+        added to an Enum) on one without ticker.py, restart (an edit of ticker.py, whose daemon
         thread is alive) on one with it (that thread would make a re-import a restart too);
         ordinary app.py edits on both. The tier each edit took comes from the server's log.
         Then uvicorn --reload on fresh copies with the same edits, and the floor of a restart
@@ -293,7 +293,7 @@ class Bench:
         """
         orm = importlib.util.find_spec("sqlalchemy") is not None
         tier2 = ["column", "member"] if orm else ["member"]
-        self.log("7. escalation: ordinary, re-import (tier 2) and restart (tier 3) edits"
+        self.log("7. escalation: ordinary, re-import and restart edits"
                  + ("" if orm else "; SQLAlchemy is not installed: no model edits"))
 
         def copies() -> list[Path]:
@@ -587,14 +587,14 @@ def _escalation_rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, st
     text, ok = tiers("app", "in place")
     row("ordinary edits that escalated (server log)", text, "", "0", _mark(ok))
     for kind in results["tier2"]:
-        row(f"tier 2: {esc.KINDS[kind].what} → served, ms", _ms(series(dev, kind))
+        row(f"re-import: {esc.KINDS[kind].what} → served, ms", _ms(series(dev, kind))
             + server_ms(kind), f"{_ms(series(reload, kind))} (--reload)")
         text, ok = tiers(kind, esc.KINDS[kind].tier)
         row(f'{esc.KINDS[kind].file} edits "by re-importing the project" (server log)', text,
             "", "all", _mark(ok))
     f_dev, r_dev = failed(dev, *results["tier2"])
     f_rel, r_rel = failed(reload, *results["tier2"])
-    row("failed requests during the tier 2 edits", f"{f_dev} of {r_dev}",
+    row("failed requests during the re-import edits", f"{f_dev} of {r_dev}",
         f"{f_rel} of {r_rel} (--reload)", "0", _mark(f_dev == 0))
     floor = results["floor"]
     floor_ms = statistics.median(floor["ms"])
@@ -605,20 +605,20 @@ def _escalation_rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, st
         f"{statistics.median(floor['installed_ms']):.0f})")
     restart = series(dev, "thread")
     limit = floor_ms + TARGETS["restart_over_floor_ms"]
-    row(f"tier 3: {esc.KINDS['thread'].what} → served, ms", _ms(restart)
+    row(f"restart: {esc.KINDS['thread'].what} → served, ms", _ms(restart)
         + server_ms("thread"), f"{_ms(series(reload, 'thread'))} (--reload)",
         f"≤ floor + {TARGETS['restart_over_floor_ms']:.0f} ms ({limit:.0f})",
         _mark(statistics.median(restart) <= limit))
     text, ok = tiers("thread", esc.KINDS["thread"].tier)
-    row('tier 3 edits "by restarting the worker" (server log)', text, "", "all", _mark(ok))
+    row('restart edits "by restarting the worker" (server log)', text, "", "all", _mark(ok))
     speedup = statistics.median(series(reload, "thread")) / statistics.median(restart)
-    row("tier 3 speed-up over uvicorn --reload's restart", f"{speedup:.1f}×", "1×",
+    row("restart speed-up over uvicorn --reload's restart", f"{speedup:.1f}×", "1×",
         f"≥ {TARGETS['restart_speedup']:.0f}×", _mark(speedup >= TARGETS["restart_speedup"]))
     f_dev, r_dev = failed(dev, "thread")
     f_rel, r_rel = failed(reload, "thread")
-    row("failed requests during the tier 3 edits (refused, reset, 5xx)", f"{f_dev} of {r_dev}",
+    row("failed requests during the restart edits (refused, reset, 5xx)", f"{f_dev} of {r_dev}",
         f"{f_rel} of {r_rel} (--reload)", "0", _mark(f_dev == 0))
-    row("slowest request during the tier 3 edits, ms",
+    row("slowest request during the restart edits, ms",
         f"{max(series(dev, 'thread', 'slowest_request_ms')):.0f}",
         f"{max(series(reload, 'thread', 'slowest_request_ms')):.0f} (--reload)")
     return out

@@ -244,7 +244,7 @@ def growth(server: Server, root: Path, reloads: int) -> dict[str, Any]:
 
 def watcher_latency(root: Path, saves: int) -> dict[str, list[float]]:
     """Save → reported, ms, for fh_utils' Watcher and for watchfiles as uvicorn runs it."""
-    from fh_utils.serve.session import WATCH_QUIET_MS, WATCH_STEP_MS
+    from fh_utils.timing import WATCH_QUIET_MS, WATCH_STEP_MS
     from fh_utils.watch.watcher import Watcher
 
     root.mkdir(parents=True, exist_ok=True)

@@ -38,14 +38,9 @@ from fh_utils.browser.live import STATIC_SUFFIXES
 from fh_utils.notebook.server import NotebookServer, ServeFailed
 from fh_utils.reload.engine import Batch, Outcome, Plan, Reloader
 from fh_utils.reload.errors import Failure
-from fh_utils.serve.session import (
-    WATCH_QUIET_MS,
-    WATCH_STEP_MS,
-    WATCHER_READY_TIMEOUT,
-    log_reloaded,
-    with_traceback,
-)
+from fh_utils.reload.report import log_reloaded, with_traceback
 from fh_utils.target import AppTarget
+from fh_utils.timing import WATCH_QUIET_MS, WATCH_STEP_MS, WATCHER_READY
 from fh_utils.watch.filters import WatchSpec
 from fh_utils.watch.watcher import Watcher
 
@@ -106,7 +101,7 @@ class KernelReloads:
         self._thread = threading.Thread(target=self._watcher.run, daemon=True,
                                         name="fh_utils-kernel-watcher")
         self._thread.start()
-        self._watcher.ready.wait(WATCHER_READY_TIMEOUT)
+        self._watcher.ready.wait(WATCHER_READY)
 
     def stop(self) -> None:
         self._stop.set()

@@ -27,8 +27,9 @@ from fh_utils.browser.live import LiveHub, LiveReloadMiddleware
 from fh_utils.reload import effects
 from fh_utils.reload.errors import Failure
 from fh_utils.serve.hosts import HostGuard
-from fh_utils.serve.session import adapt_interface, lifespan_failure
+from fh_utils.serve.interface import as_asgi3
 from fh_utils.serve.switch import LifespanFailed, Switch, Timeouts
+from fh_utils.timing import FREEZE_LIMIT, NOTEBOOK_START, NOTEBOOK_STOP
 
 __all__ = ["NotebookServer", "ServeFailed"]
 
@@ -36,11 +37,6 @@ logger = logging.getLogger("fh_utils")
 
 T = TypeVar("T")
 
-START_TIMEOUT = 10.0  # the server thread answering, at most (the app's lifespan is not in it)
-STOP_TIMEOUT = 10.0  # open requests finishing and the app's lifespan shutdown, at most
-# The server's loop stopped for one step of a reload, at most: a step that takes longer (a
-# module that sleeps at import) lets requests run again rather than fail them.
-FREEZE_LIMIT = 60.0
 
 
 class ServeFailed(Exception):
@@ -90,7 +86,7 @@ class NotebookServer:
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(self.asgi, lifespan="on", interface="asgi3", log_config=None,
                                 log_level=log_level, access_log=False,
-                                timeout_graceful_shutdown=int(STOP_TIMEOUT / 2))
+                                timeout_graceful_shutdown=int(NOTEBOOK_STOP / 2))
         self._server = _Server(config, self)
         self._serving = threading.Event()
         self._adapted: tuple[Any, Any] | None = None
@@ -106,7 +102,7 @@ class NotebookServer:
     def start(self) -> None:
         """Start serving (no app yet: requests get a page saying so until `serve`)."""
         self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + NOTEBOOK_START
         while not self._serving.wait(0.01):
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self._server.should_exit = True
@@ -139,10 +135,10 @@ class NotebookServer:
         app's lifespan shuts down; returns once the port is free."""
         self._server.should_exit = True
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(STOP_TIMEOUT)
+            self._thread.join(NOTEBOOK_STOP)
             if self._thread.is_alive():
                 self._server.force_exit = True
-                self._thread.join(STOP_TIMEOUT)
+                self._thread.join(NOTEBOOK_STOP)
         if not self._thread.is_alive():
             self._sock.close()
 
@@ -158,16 +154,16 @@ class NotebookServer:
             return False
         try:
             generation = self.call(self.switch.start(asgi),
-                                   self.switch.timeouts.lifespan + START_TIMEOUT)
+                                   self.switch.timeouts.lifespan + NOTEBOOK_START)
         except LifespanFailed as exc:
-            raise ServeFailed(lifespan_failure(exc)) from None
-        self.call(self.switch.commit(generation), STOP_TIMEOUT)
+            raise ServeFailed(exc.failure()) from None
+        self.call(self.switch.commit(generation), NOTEBOOK_STOP)
         return True
 
     def _adapt(self, app: Any) -> Any:
         """The app as ASGI 3 (the same wrapper while the app is the same object)."""
         if self._adapted is None or self._adapted[0] is not app:
-            self._adapted = (app, adapt_interface(app, "auto"))
+            self._adapted = (app, as_asgi3(app, "auto"))
         return self._adapted[1]
 
     def refresh(self) -> None:

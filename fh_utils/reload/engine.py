@@ -48,6 +48,7 @@ from fh_utils.reload.patch import Patcher
 from fh_utils.reload.pinning import engine as cache_engine
 from fh_utils.reload.tracking import ProjectFinder, activate, deactivate, track_environ
 from fh_utils.target import AppTarget
+from fh_utils.timing import THREAD_STOP
 
 logger = logging.getLogger("fh_utils")
 
@@ -61,7 +62,6 @@ _RESTART_FILES = frozenset(
 )
 _EXTENSION_SUFFIXES = (".so", ".pyd")
 _superreload: Callable[..., Any] = autoreload.superreload  # untyped in IPython
-THREAD_STOP_TIMEOUT = 1.0  # how long a thread stopped by on_reload may take to end
 
 Tier = Literal["in place", "re-import", "restart"]
 
@@ -83,7 +83,6 @@ class Outcome:
     changed: list[str] = field(default_factory=list)  # files that triggered it, for the log
     reran: list[str] = field(default_factory=list)  # modules re-executed, in order
     notes: list[str] = field(default_factory=list)  # things worth a log line
-    needs_restart: str | None = None  # why only a new process can apply this change
     tier: Tier = "in place"
     cause: str | None = None  # why a higher tier ran
     released: list[str] = field(default_factory=list)  # cached functions gone, values released
@@ -499,8 +498,8 @@ class Reloader:
         if path in self._restart_noted:
             return
         self._restart_noted.add(path)
-        outcome.needs_restart = f"{display_path(path)} changed: {why}"
-        outcome.notes.append(f"{outcome.needs_restart}; restart fh_utils dev to apply it")
+        outcome.notes.append(f"{display_path(path)} changed: {why}; restart fh_utils dev to "
+                             "apply it")
 
     # -- helpers ---------------------------------------------------------------------------
     def _compile(self, path: Path) -> None:
@@ -581,7 +580,7 @@ class Batch:
             return
         alive = record.alive_threads()
         if alive and callbacks:
-            alive = record.join_threads(THREAD_STOP_TIMEOUT)
+            alive = record.join_threads(THREAD_STOP)
         if alive:
             names = ", ".join(repr(t.name) for t in alive)
             cause = (f"thread {names} started by {display_path(_file_of(name))} "

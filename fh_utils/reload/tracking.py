@@ -34,6 +34,7 @@ from typing import Any
 
 from fh_utils.reload import effects
 from fh_utils.reload.graph import ModuleGraph
+from fh_utils.timing import CLOCK_SLACK
 
 __all__ = ["ProjectFinder", "ProjectLoader", "RunObserver", "activate", "deactivate",
            "track_environ"]
@@ -104,7 +105,6 @@ class ProjectLoader(importlib.machinery.SourceFileLoader):
 # (PEP 552) is checked against the source's hash. Nor is a .pyc written here for a source saved
 # within the current second: plain Python, reading it later, would not see such a save either.
 _MASK = 0xFFFFFFFF
-_CLOCK_SLACK = 0.05  # file times come from the kernel's coarse clock, a tick behind at most
 
 
 def read_bytecode(path: str, stat: os.stat_result, read: Callable[[str], bytes]
@@ -142,7 +142,7 @@ def read_bytecode(path: str, stat: os.stat_result, read: Callable[[str], bytes]
 def write_bytecode(path: str, stat: os.stat_result, code: types.CodeType) -> None:
     """Cache `code`, compiled from the source as it was at `stat` (taken before reading it,
     so that a save meanwhile makes the .pyc look older than the file, never newer)."""
-    if sys.dont_write_bytecode or time.time() < int(stat.st_mtime) + 1 + _CLOCK_SLACK:
+    if sys.dont_write_bytecode or time.time() < int(stat.st_mtime) + 1 + CLOCK_SLACK:
         # Saved within this second: a same-size save later in it would leave the .pyc looking
         # current to Python (a `fh_utils run` or `python app.py` next would run stale code).
         return

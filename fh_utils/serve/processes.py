@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -29,10 +30,11 @@ from uvicorn.server import HANDLED_SIGNALS
 from fh_utils.reload import effects
 from fh_utils.serve import zygote
 from fh_utils.serve.channel import Channel
-from fh_utils.serve.session import DevOptions, DevSession, uvicorn_log_config
+from fh_utils.serve.session import DevOptions, DevSession
 from fh_utils.target import AppTarget
+from fh_utils.timing import STEP_DOWN_GRACE
 
-__all__ = ["DevServer", "run_dev", "worker_main"]
+__all__ = ["DevServer", "run_dev", "uvicorn_log_config", "worker_main"]
 
 logger = logging.getLogger("fh_utils")
 
@@ -53,6 +55,31 @@ class DevServer(uvicorn.Server):
         self.session = session
         session.server = self
         self._chains: dict[int, effects.SignalChain] = {}
+        self._stepping_down: asyncio.Task[None] | None = None
+
+    def clients(self) -> set[Any]:
+        """The peers of the connections uvicorn has open now."""
+        state = getattr(self, "server_state", None)
+        return {getattr(c, "client", None) for c in getattr(state, "connections", ())}
+
+    def step_down(self, stale: set[Any]) -> None:
+        """A newer worker serves: stop accepting, close the keep-alive connections of `stale`
+        peers, let the others finish their request, then shut down (uvicorn's graceful
+        shutdown)."""
+        for listener in getattr(self, "servers", ()):
+            listener.close()
+        for connection in list(self.server_state.connections):
+            if getattr(connection, "client", None) in stale:
+                connection.shutdown()
+        self._stepping_down = asyncio.get_running_loop().create_task(self._step_down())
+
+    async def _step_down(self) -> None:
+        """Shut down once the connections that may still carry a request are done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STEP_DOWN_GRACE
+        while self.server_state.connections and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -107,6 +134,16 @@ def _debugger_handler(handler: object) -> bool:
     """A signal handler that belongs to a debugger (pdb's `sigint_handler`)."""
     bdb = sys.modules.get("bdb")
     return bdb is not None and isinstance(getattr(handler, "__self__", None), bdb.Bdb)
+
+
+def uvicorn_log_config(level: str | None) -> dict[str, Any]:
+    """uvicorn's logging config, with the `fh_utils` logger printed the same way."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["fh_utils"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["loggers"]["watchfiles"] = {"level": "WARNING"}
+    if level:
+        config["loggers"]["fh_utils"]["level"] = level.upper()
+    return config
 
 
 def run_dev(options: DevOptions) -> None:

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import inspect
 import logging
 import sys
 import threading
 import time
-import warnings
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import uvicorn
 import watchfiles
-from uvicorn.middleware import wsgi
-from uvicorn.middleware.asgi2 import ASGI2Middleware
 
 from fh_utils.browser.live import (
     STATIC_SUFFIXES,
@@ -29,32 +23,32 @@ from fh_utils.browser.live import (
     fasthtml_live,
 )
 from fh_utils.reload import effects
-from fh_utils.reload.engine import Batch, Outcome, Plan, Reloader
+from fh_utils.reload.engine import Outcome, Reloader
 from fh_utils.reload.errors import Failure
+from fh_utils.reload.report import log_reloaded, with_traceback
 from fh_utils.serve.channel import Channel
+from fh_utils.serve.escalation import Ladder, PendingRestart
 from fh_utils.serve.hosts import HostGuard
+from fh_utils.serve.interface import as_asgi3
 from fh_utils.serve.switch import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
 from fh_utils.serve.zygote import Zygote
 from fh_utils.target import AppTarget
+from fh_utils.timing import (
+    ATOMIC_SAVE_GRACE,
+    CANDIDATE,
+    HAND_OVER_SETTLE,
+    WATCH_QUIET_MS,
+    WATCH_STEP_MS,
+    WATCHER_READY,
+)
 from fh_utils.watch.filters import WatchSpec
 from fh_utils.watch.watcher import Watcher
 
-__all__ = ["STATIC_SUFFIXES", "DevListener", "DevOptions", "DevSession", "uvicorn_log_config"]
-
-_WSGIMiddleware: Any = getattr(wsgi, "WSGIMiddleware")  # noqa: B009  # uvicorn's, or a2wsgi's
+__all__ = ["STATIC_SUFFIXES", "DevListener", "DevOptions", "DevSession", "Server"]
 
 logger = logging.getLogger("fh_utils")
 
 CLEAR_SCREEN = "\x1b[2J\x1b[3J\x1b[H"
-
-# A change is reported once nothing more happened for `WATCH_QUIET_MS` (on Linux, where the
-# watcher sleeps on inotify; a .py file still open for writing holds it longer), or for
-# `WATCH_STEP_MS` where watchfiles' own loop looks that often; its default (50 ms) alone would
-# exceed our whole budget. Bursts still coalesce: anything arriving while a reload runs is
-# reported next, and each reload reads the files as they are then.
-WATCH_STEP_MS = 2
-WATCH_QUIET_MS = 1
-
 
 
 class DevListener(Protocol):
@@ -68,6 +62,18 @@ class DevListener(Protocol):
 
     async def static_changed(self, paths: list[Path]) -> None:
         """Files the browser loads (CSS, JS, images) changed; no Python code re-ran."""
+
+
+class Server(Protocol):
+    """The uvicorn server a session runs in (`fh_utils.serve.processes`), as the restart tier
+    sees it."""
+
+    def clients(self) -> set[Any]:
+        """The peers of the connections open now."""
+
+    def step_down(self, stale: set[Any]) -> None:
+        """Stop accepting, close the idle connections of `stale` peers, let the others finish
+        their request, then shut down."""
 
 
 @dataclass
@@ -100,16 +106,6 @@ class DevOptions:
                          reload_dirs=self.reload_dirs)
 
 
-# Errors a cold start of the same tree hits too, whatever the previous runs left: reported at
-# once, never checked against a fresh process.
-GENUINE = frozenset({"NameError", "UnboundLocalError", "SyntaxError", "IndentationError",
-                     "TabError", "ImportError", "ModuleNotFoundError", "AppNotFound",
-                     "LifespanTimeout"})
-CANDIDATE_TIMEOUT = 120.0  # a new worker's import and start-up, at most (beyond its lifespan's)
-STEP_DOWN_GRACE = 1.0  # a retired worker's connections finishing their request, at most
-HAND_OVER_SETTLE = 0.2  # clients of open keep-alive connections coming back, at most
-ATOMIC_SAVE_GRACE = 0.05  # a module's file gone in the middle of an editor's save
-WATCHER_READY_TIMEOUT = 5.0  # the watcher setting up its watches, at most
 
 
 class DevSession:
@@ -117,16 +113,15 @@ class DevSession:
     applies what it reports.
 
     With a `zygote`, a reload that in place cannot make faithful goes to a new worker process
-    forked from it (the third tier); `link` is set in such a worker, to the worker that asked
+    forked from it (the restart tier); `link` is set in such a worker, to the worker that asked
     for it, until it serves.
     """
 
     def __init__(self, options: DevOptions, *, zygote: Zygote | None = None,
                  link: Channel | None = None) -> None:
         self.options = options
-        self.zygote = zygote
         self.link = link
-        self.server: Any = None  # the uvicorn.Server, once serving (fh_utils.serve.processes)
+        self.server: Server | None = None  # once serving (fh_utils.serve.processes)
         self.retiring = False  # a newer worker took over: this one stops serving
         self.shutting_down = False
         self.watch = options.watch_spec()
@@ -165,6 +160,19 @@ class DevSession:
                 roots=self.watch.dirs, is_project_file=self.reloader.graph.is_project_file)
         self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host)
         self._prepared = False  # a new worker: its app was loaded before uvicorn started
+        self.ladder = Ladder(self.reloader, self.switch, self._adapt, self._newer,
+                             escalate=options.escalate, timeout_lifespan=options.timeout_lifespan,
+                             fork_start=options)
+        self.ladder.zygote = zygote
+
+    @property
+    def zygote(self) -> Zygote | None:
+        """What forks the restart tier's workers; None where there is none (or it is gone)."""
+        return self.ladder.zygote
+
+    @zygote.setter
+    def zygote(self, zygote: Zygote | None) -> None:
+        self.ladder.zygote = zygote
 
     # -- start and stop ----------------------------------------------------------------------
     async def _startup(self) -> None:
@@ -228,7 +236,7 @@ class DevSession:
             try:
                 generation = await self.switch.start(self._adapt(outcome.app))
             except LifespanFailed as exc:
-                failure = lifespan_failure(exc)
+                failure = exc.failure()
         if failure is not None or generation is None:
             await self.link.send(("failed", failure))
             return False
@@ -256,7 +264,7 @@ class DevSession:
         try:
             generation = await self.switch.start(self._adapt(outcome.app), self._newer)
         except LifespanFailed as exc:
-            await self._show_load_failure(lifespan_failure(exc))
+            await self._show_load_failure(exc.failure())
             return False
         await self.switch.commit(generation)
         return True
@@ -337,7 +345,7 @@ class DevSession:
         thread = threading.Thread(target=self._watcher.run, daemon=True, name="fh_utils-watcher")
         thread.start()
         # A save made from now on is seen (the app is imported next: no edit falls between).
-        self._watcher.ready.wait(WATCHER_READY_TIMEOUT)
+        self._watcher.ready.wait(WATCHER_READY)
 
     def _arrived(self, paths: set[Path]) -> None:
         self._changes.update(paths)
@@ -391,7 +399,7 @@ class DevSession:
         ran = plan.runnable  # (the plan's outcome keeps what a lower tier hit)
         if ran:
             async with self.switch.paused():
-                outcome, restart = await self._reload(plan)
+                outcome, restart = await self.ladder.run(plan)
             if restart is not None:  # the old worker serves until the new one is ready
                 outcome = await self._hand_over(restart, outcome)
         if self.options.clear:
@@ -436,115 +444,26 @@ class DevSession:
         arrived, self._changes = self._changes, set()
         return paths | arrived
 
-    async def _reload(self, plan: Plan) -> tuple[Outcome, _Restart | None]:
-        """Run the plan at the lowest tier that serves what a cold start would.
-
-        In place first. If that cannot be faithful (a live thread, a class change it cannot
-        carry) or fails where a fresh process might not, the project is re-imported; if even
-        that cannot do it, a new worker process takes over (returned as a `_Restart`). A failure
-        a fresh process hits too is reported as it is: the last good version keeps serving.
-        """
-        with _held_warnings() as held:  # shown only if this tier is the one that serves
-            async with self.switch.threads_held():
-                batch = self.reloader.run(plan)
-        if batch.escalation is not None and not self.options.escalate:
-            batch.outcome.notes.append(f"{batch.escalation.cause}: in place cannot apply this "
-                                       "faithfully; restart fh_utils dev (escalation is off)")
-            batch.escalation = None
-        failure = await self._finish(batch)
-        outcome = batch.outcome
-        if batch.escalation is None and (
-            failure is None or not self.options.escalate or failure.kind in GENUINE
-        ):
-            held.show()
-            return outcome, None
-        candidate: _Candidate | None = None
-        if failure is not None:  # a fresh process is the judge: does the tree load there?
-            candidate, cold = await self._candidate()
-            if candidate is None:
-                outcome.failure = cold or failure
-                return outcome, None
-            tier, cause = "re-import", _short(failure.message or failure.kind)
-        else:
-            assert batch.escalation is not None
-            tier, cause = batch.escalation.tier, batch.escalation.cause
-        if tier == "re-import":
-            with _held_warnings() as held:
-                async with self.switch.threads_held():
-                    batch = self.reloader.reimport(plan, cause)
-            again = await self._finish(batch)
-            if again is None and batch.escalation is None:
-                held.show()
-                if candidate is not None:
-                    await candidate.dismiss()
-                return batch.outcome, None
-            if batch.escalation is not None:
-                cause = f"{cause}; then {batch.escalation.cause}"
-        outcome.failure = None
-        return outcome, _Restart(candidate, cause)
-
-    async def _finish(self, batch: Batch) -> Failure | None:
-        """Serve a successful batch and commit it; otherwise roll it back. Returns the failure
-        (None also when the batch needs a higher tier: `batch.escalation`)."""
-        if batch.escalation is not None or batch.outcome.failure is not None or batch.app is None:
-            batch.rollback()
-            return batch.outcome.failure
-        try:
-            generation = await self.switch.start(self._adapt(batch.app), self._newer)
-        except LifespanFailed as exc:
-            batch.rollback()
-            batch.outcome.failure = lifespan_failure(exc)
-            return batch.outcome.failure
-        except BaseException:
-            batch.rollback()
-            raise
-        sockets, streams = await self.switch.commit(generation)
-        batch.commit()
-        if sockets or streams:
-            logger.info("Closed %s of the previous app so they reconnect to the new code",
-                        _connections(sockets, streams))
-        for name in batch.outcome.released:
-            logger.info("%s() is gone: its cached values were released", name)
-        return None
-
-    async def _candidate(self) -> tuple[_Candidate | None, Failure | None]:
-        """A new worker that loaded the project and started the app, waiting to serve; or
-        (None, the failure a fresh process hit)."""
-        if self.zygote is None:
-            return None, None
-        try:
-            sock = self.zygote.fork((self.options, "candidate"))
-        except OSError:
-            logger.warning("The zygote process is gone: a restart needs `fh_utils dev` again")
-            self.zygote = None
-            return None, None
-        candidate = _Candidate(Channel(sock))
-        failure = await candidate.imported(CANDIDATE_TIMEOUT + 2 * self.options.timeout_lifespan)
-        if failure is not None:
-            await candidate.dismiss()
-            return None, failure
-        return candidate, None
-
-    async def _hand_over(self, restart: _Restart, outcome: Outcome) -> Outcome:
-        """The third tier: a new worker process serves from now on; this one steps down."""
+    async def _hand_over(self, restart: PendingRestart, outcome: Outcome) -> Outcome:
+        """The restart tier: a new worker process serves from now on; this one steps down."""
         # From now on responses close their connection, so that clients come back on a new
         # one, which the new worker will take once it serves.
         connected = self._clients()
         self.switch.begin_hand_over()
         candidate = restart.candidate
         if candidate is None:
-            candidate, failure = await self._candidate()
+            candidate, failure = await self.ladder.candidate()
             if candidate is None:
                 self.switch.cancel_hand_over()
                 outcome.failure = failure or Failure(
-                    None, None, "RestartNeeded",
+                    None, None, "RestartUnavailable",
                     f"{restart.cause}: only a new process can apply this, and none can be "
                     "started here; restart fh_utils dev", "")
                 return outcome
         await self._settle(connected)
         changes, self._changes = self._changes, set()  # saved meanwhile: the new worker's
         await candidate.go(changes)
-        if not await candidate.ready(CANDIDATE_TIMEOUT):
+        if not await candidate.ready(CANDIDATE):
             self.switch.cancel_hand_over()
             self._changes |= changes
             outcome.failure = Failure(None, None, "RestartFailed",
@@ -565,14 +484,12 @@ class DevSession:
             await asyncio.sleep(0.005)
 
     def _clients(self) -> set[Any]:
-        """The peers of the connections uvicorn has open now."""
-        state = getattr(self.server, "server_state", None)
-        return {getattr(c, "client", None) for c in getattr(state, "connections", ())}
+        return self.server.clients() if self.server is not None else set()
 
     def _retire(self, stale: set[Any]) -> None:
         """A newer worker serves: stop accepting at once, close the keep-alive connections no
         one used since the hand-over began (a browser reusing one would get the old code),
-        let the others finish their request, then shut down (uvicorn's graceful shutdown)."""
+        let the others finish their request, then shut down (`Server.step_down`)."""
         self.retiring = True
         self._stop_watching()
         self._changed.set()  # lets the applier loop end
@@ -582,23 +499,8 @@ class DevSession:
                 self.zygote.retiring()
             except OSError:
                 pass
-        server = self.server
-        if server is None:
-            return
-        for listener in getattr(server, "servers", ()):
-            listener.close()
-        for connection in list(server.server_state.connections):
-            if getattr(connection, "client", None) in stale:
-                connection.shutdown()
-        self._spawn(self._step_down())
-
-    async def _step_down(self) -> None:
-        """Shut down once the connections that may still carry a request are done."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STEP_DOWN_GRACE
-        while self.server.server_state.connections and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        self.server.should_exit = True
+        if self.server is not None:
+            self.server.step_down(stale)
 
     async def _notify(self, event: Callable[[DevListener], Awaitable[None]]) -> None:
         for listener in self.listeners:
@@ -611,159 +513,7 @@ class DevSession:
         """The app as ASGI 3, per --interface (the same wrapper while the app is the same)."""
         if self._adapted is not None and self._adapted[0] is app:
             return self._adapted[1]
-        wrapped = adapt_interface(app, self._interface)
+        wrapped = as_asgi3(app, self._interface)
         self._adapted = (app, wrapped)
         return wrapped
 
-
-@dataclass
-class _Restart:
-    """The third tier is needed; `candidate` is a new worker already loaded, if one is."""
-
-    candidate: _Candidate | None
-    cause: str
-
-
-class _Candidate:
-    """A new worker process, seen from the worker that asked for it."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-
-    async def imported(self, timeout: float) -> Failure | None:
-        """None once it loaded the project and started the app; else what went wrong."""
-        try:
-            async with asyncio.timeout(timeout):
-                message = await self.channel.recv()
-        except TimeoutError:
-            return Failure(None, None, "RestartFailed",
-                           f"the new worker did not load the app within {timeout:g} s", "")
-        if message is None:
-            return Failure(None, None, "RestartFailed",
-                           "the new worker exited before it loaded the app", "")
-        if message[0] == "failed":
-            return message[1] or Failure(None, None, "RestartFailed", "unknown failure", "")
-        return None
-
-    async def go(self, changes: set[Path]) -> None:
-        await self.channel.send(("go", sorted(changes)))
-
-    async def ready(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                message = await self.channel.recv()
-        except TimeoutError:
-            message = None
-        self.channel.close()
-        return bool(message) and message[0] == "ready"
-
-    async def dismiss(self) -> None:
-        try:
-            await self.channel.send(("exit",))
-        except OSError:
-            pass
-        self.channel.close()
-
-
-class _HeldWarnings(list[tuple[Any, ...]]):
-    def show(self) -> None:
-        for args in self:
-            warnings.showwarning(*args)
-        self.clear()
-
-
-@contextlib.contextmanager
-def _held_warnings() -> Iterator[_HeldWarnings]:
-    """Keep the warnings shown in this block (a tier that may be discarded) for `show()`."""
-    held = _HeldWarnings()
-    original = warnings.showwarning
-
-    def hold(*args: Any) -> None:
-        held.append(args)
-
-    setattr(warnings, "showwarning", hold)  # noqa: B010
-    try:
-        yield held
-    finally:
-        setattr(warnings, "showwarning", original)  # noqa: B010
-
-
-def _short(message: str) -> str:
-    """The first sentence of an error message, for a log line."""
-    first = message.strip().splitlines()[0] if message.strip() else message
-    first = first.split(". ")[0].rstrip(".")
-    return first if len(first) <= 120 else first[:117] + "..."
-
-
-def _connections(sockets: int, streams: int) -> str:
-    parts = []
-    if sockets:
-        parts.append(f"{sockets} WebSocket{'s' if sockets != 1 else ''}")
-    if streams:
-        parts.append(f"{streams} stream{'s' if streams != 1 else ''}")
-    total = sockets + streams
-    return f"{total} connection{'s' if total != 1 else ''} ({', '.join(parts)})"
-
-
-def uvicorn_log_config(level: str | None) -> dict[str, Any]:
-    """uvicorn's logging config, with the `fh_utils` logger printed the same way."""
-    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config["loggers"]["fh_utils"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config["loggers"]["watchfiles"] = {"level": "WARNING"}
-    if level:
-        config["loggers"]["fh_utils"]["level"] = level.upper()
-    return config
-
-
-def log_reloaded(outcome: Outcome, started: float) -> None:
-    """The line a reload that served logs (and, at debug level, what re-ran)."""
-    if not outcome.changed and not outcome.reran:
-        return  # only os.environ changed, and the note said so
-    dependents = outcome.dependents
-    how = "" if outcome.tier == "in place" else (
-        f" by re-importing the project ({outcome.cause})" if outcome.tier == "re-import"
-        else f" by restarting the worker ({outcome.cause}; pinned values were not kept)")
-    logger.info(
-        "Reloaded %s%s%s in %d ms",
-        ", ".join(outcome.changed),
-        f" (+{dependents} dependent{'s' if dependents != 1 else ''})"
-        if dependents and outcome.tier == "in place" else "",
-        how,
-        (time.perf_counter() - started) * 1000,
-    )
-    logger.debug("Re-executed, in order: %s (their own code: %.1f ms)",
-                 ", ".join(outcome.reran), outcome.module_seconds * 1000)
-
-
-def with_traceback(failure: Failure, summary: str | None = None) -> str:
-    """The summary line, then the traceback when there is one."""
-    summary = failure.summary if summary is None else summary
-    return f"{summary}\n{failure.traceback}" if failure.traceback else summary
-
-
-def lifespan_failure(exc: LifespanFailed) -> Failure:
-    """A lifespan startup that failed (Starlette sends the traceback as the message: its last
-    line is the error) or did not finish (`LifespanTimeout`: never a reason to escalate)."""
-    text = str(exc).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    message, traceback = (lines[-1], text) if text.startswith("Traceback") and lines else (
-        text, "")
-    kind = "LifespanTimeout" if exc.timed_out else "LifespanFailed"
-    return Failure(None, None, kind, message, traceback)
-
-
-def adapt_interface(app: Any, interface: str) -> Any:
-    """Wrap an ASGI 2 or WSGI app so the switch can call it as ASGI 3 (uvicorn's rules)."""
-    if interface == "auto":
-        if inspect.isclass(app):
-            interface = "asgi3" if hasattr(app, "__await__") else "asgi2"
-        elif inspect.isfunction(app):
-            interface = "asgi3" if inspect.iscoroutinefunction(app) else "asgi2"
-        else:
-            call = getattr(app, "__call__", None)  # noqa: B004
-            interface = "asgi3" if inspect.iscoroutinefunction(call) else "asgi2"
-    if interface == "asgi2":
-        return ASGI2Middleware(app)
-    if interface == "wsgi":
-        return _WSGIMiddleware(app)
-    return app

@@ -33,6 +33,7 @@ from fh_utils.asgi import ASGIApp, Message, Receive, Scope, Send
 from fh_utils.reload import effects
 from fh_utils.reload.errors import Failure
 from fh_utils.reload.graph import HANDLING_REQUEST
+from fh_utils.timing import DRAIN, LIFESPAN, RETIRE
 
 __all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch", "Timeouts"]
 
@@ -48,6 +49,16 @@ class LifespanFailed(Exception):
         super().__init__(message)
         self.timed_out = timed_out  # it did not fail: it did not finish, or a save cut it short
 
+    def failure(self) -> Failure:
+        """As a reload failure. Starlette sends the traceback as the message: its last line is
+        the error. `LifespanTimeout` (it did not finish) is never a reason to escalate."""
+        text = str(self).strip()
+        lines = [line for line in text.splitlines() if line.strip()]
+        message, traceback = (lines[-1], text) if text.startswith("Traceback") and lines else (
+            text, "")
+        kind = "LifespanTimeout" if self.timed_out else "LifespanFailed"
+        return Failure(None, None, kind, message, traceback)
+
 
 class StartupAbort(Exception):
     """The session cannot start (the user named an app that is not there): exit, no traceback."""
@@ -61,9 +72,9 @@ class ConnectionRetired(OSError):
 class Timeouts:
     """How long the switch waits on the app, in seconds."""
 
-    lifespan: float = 30.0  # one lifespan startup or shutdown
-    drain: float = 3.0  # running requests, before a reload runs anyway
-    retire: float = 10.0  # a retired app's remaining requests, before its shutdown
+    lifespan: float = LIFESPAN
+    drain: float = DRAIN
+    retire: float = RETIRE
 
 
 class _Connection:

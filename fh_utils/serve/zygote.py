@@ -1,6 +1,6 @@
 """The zygote: a pristine process that imports the installed packages once and forks workers.
 
-The third tier of reloading restarts the worker process with the listening socket kept open.
+The restart tier of reloading restarts the worker process with the listening socket kept open.
 To make that cost only the project's own imports, a zygote process holds the listening socket
 and the installed packages the app uses, imported once (`preload`), and never imports the
 project. A worker that needs a successor asks it to `fork`: the child gets the socket, a
@@ -34,20 +34,31 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fh_utils.serve import channel
+from fh_utils.timing import WORKER_STOP
 
 __all__ = ["Zygote", "available", "start"]
 
 logger = logging.getLogger("fh_utils")
 
-STOP_TIMEOUT = 1.0  # how long workers get to exit when the session ends
-
 # What a forked worker runs: (what to serve, channel to the worker that asked or None, channel
 # to the zygote, the listening socket) -> exit code. `fh_utils.serve.processes.worker_main`.
+# A zygote in a fresh interpreter (spawned, or exec'd afresh) finds it by its import path: the
+# zygote knows nothing of what its workers serve.
 Worker = Callable[[Any, "socket.socket | None", socket.socket, socket.socket], int]
 
 
+def _worker_path(worker: Worker) -> str:
+    return f"{worker.__module__}:{worker.__qualname__}"
+
+
+def _import_worker(path: str) -> Worker:
+    module, _, name = path.partition(":")
+    found: Worker = getattr(importlib.import_module(module), name)
+    return found
+
+
 def available() -> bool:
-    """Whether this platform can fork workers (tier 3 needs `os.fork`)."""
+    """Whether this platform can fork workers (the restart tier needs `os.fork`)."""
     return hasattr(os, "fork") and hasattr(socket, "send_fds")
 
 
@@ -86,7 +97,7 @@ class Zygote:
         with self._lock:
             channel.send(self.sock, ("retiring",))
 
-    def stop(self, timeout: float = STOP_TIMEOUT + 1.0) -> None:
+    def stop(self, timeout: float = WORKER_STOP + 1.0) -> None:
         """Close the channel: the zygote stops its workers and exits (waited for if ours)."""
         self.sock.close()
         if self.pid is None:
@@ -113,7 +124,7 @@ def start(listener: socket.socket, *, spawn: bool, log_config: dict[str, Any] | 
         theirs.set_inheritable(True)
         listener.set_inheritable(True)
         spec = {"control": theirs.fileno(), "listener": listener.fileno(),
-                "log_config": log_config}
+                "log_config": log_config, "worker": _worker_path(worker)}
         # Ctrl+C is not the zygote's: it stays blocked until its handler ignores it.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
@@ -154,7 +165,7 @@ class _Zygote:
     """The zygote's loop: preload, fork on request, reap, replace a worker that died."""
 
     def __init__(self, control: socket.socket, listener: socket.socket,
-                 worker: Worker | None) -> None:
+                 worker: Worker | str) -> None:
         self.control = control
         self.listener = listener
         self.worker = worker
@@ -219,11 +230,9 @@ class _Zygote:
             try:
                 ours.close()
                 self._become_worker()
-                if self.worker is None:
-                    from fh_utils.serve.processes import worker_main
-
-                    self.worker = worker_main
-                code = self.worker(pickle.loads(start), link, theirs, self.listener)
+                worker = _import_worker(self.worker) if isinstance(self.worker, str) else (
+                    self.worker)  # imported in the worker: the zygote stays pristine
+                code = worker(pickle.loads(start), link, theirs, self.listener)
             except BaseException:
                 traceback.print_exc()
             finally:
@@ -297,17 +306,18 @@ class _Zygote:
                     ) -> NoReturn:
         self.control.set_inheritable(True)
         self.listener.set_inheritable(True)
+        worker = self.worker if isinstance(self.worker, str) else _worker_path(self.worker)
         spec = {"control": self.control.fileno(), "listener": self.listener.fileno(),
-                "excluded": sorted(self.excluded),
+                "excluded": sorted(self.excluded), "worker": worker,
                 "preload": [modules, sys_path, env_file]}
-        os.execve(sys.executable, [sys.executable, "-m", "fh_utils.serve.zygote", json.dumps(spec)],
-                  self.environ)
+        os.execve(sys.executable,
+                  [sys.executable, "-m", "fh_utils.serve.zygote", json.dumps(spec)], self.environ)
 
     def _stop_and_exit(self) -> NoReturn:
         for pid in list(self.children):
             with contextlib.suppress(Exception):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + WORKER_STOP
         while self.children and time.monotonic() < deadline:
             self._reap_quietly()
             time.sleep(0.01)
@@ -358,7 +368,7 @@ def _main() -> None:
         logging.config.dictConfig(spec["log_config"])
     control = socket.socket(fileno=spec["control"])
     listener = socket.socket(fileno=spec["listener"])
-    zygote = _Zygote(control, listener, None)
+    zygote = _Zygote(control, listener, spec["worker"])
     zygote.excluded = set(spec.get("excluded", ()))
     if spec.get("preload"):
         zygote._preload(*spec["preload"])

@@ -32,6 +32,8 @@ from pathlib import Path
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify  # the documented Rust backend (watchfiles docs)
 
+from fh_utils.timing import COLLECT_TIMEOUT_MS, DEBOUNCE_MS, LATE_TIMEOUT_MS, WRITE_WAIT_MS
+
 __all__ = ["Watcher"]
 
 logger = logging.getLogger("fh_utils")
@@ -45,10 +47,6 @@ _IN_MASK = (0x2 | 0x4 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800  # what watc
 _IN_MODIFY, _IN_CLOSE_WRITE, _IN_MOVED_FROM, _IN_DELETE = 0x2, 0x8, 0x40, 0x200
 _IN_CREATE, _IN_MOVED_TO, _IN_ISDIR, _IN_Q_OVERFLOW = 0x100, 0x80, 0x40000000, 0x4000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then the name)
-DEBOUNCE_MS = 1_600  # a burst of changes is reported after this long at most (watchfiles')
-COLLECT_TIMEOUT_MS = 20  # waiting, without sleeping, for watchfiles to report what rang
-LATE_TIMEOUT_MS = 2_000  # then waiting for it, stepping, when it lags (a loaded machine)
-WRITE_WAIT_MS = 2_000  # a source file open for writing holds its burst this long at most
 
 
 class Watcher:
