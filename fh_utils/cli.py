@@ -17,11 +17,12 @@ import click
 import uvicorn
 
 from fh_utils import __version__
+from fh_utils.adapters import uvicorn as uvicorn_adapter
 from fh_utils.target import AppTarget, TargetError, resolve_target
 
 __all__ = ["main", "uvicorn_kwargs"]
 
-_UVICORN: click.Command = sys.modules["uvicorn.main"].main  # the `uvicorn` command itself
+_UVICORN: click.Command = uvicorn_adapter.command()  # the `uvicorn` command itself
 # uvicorn options fh_utils defines itself, or that the commands below never take.
 _NOT_COPIED = {"app", "reload", "version", "factory", "port"}
 _RELOAD_OPTIONS = ("reload_dirs", "reload_includes", "reload_excludes", "reload_delay")

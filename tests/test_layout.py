@@ -22,7 +22,7 @@ LAYERS = [
     ("browser", ("fh_utils.browser",)),
     ("reload", ("fh_utils.reload",)),
     ("watch", ("fh_utils.watch",)),
-    ("leaves", ("fh_utils.target", "fh_utils.asgi", "fh_utils.timing")),
+    ("leaves", ("fh_utils.target", "fh_utils.asgi", "fh_utils.timing", "fh_utils.adapters")),
 ]
 
 

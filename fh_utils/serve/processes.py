@@ -25,8 +25,9 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import uvicorn
-from uvicorn.server import HANDLED_SIGNALS
 
+from fh_utils.adapters import uvicorn as uvicorn_adapter
+from fh_utils.adapters.uvicorn import HANDLED_SIGNALS
 from fh_utils.reload import effects
 from fh_utils.serve import zygote
 from fh_utils.serve.channel import Channel
@@ -59,16 +60,15 @@ class DevServer(uvicorn.Server):
 
     def clients(self) -> set[Any]:
         """The peers of the connections uvicorn has open now."""
-        state = getattr(self, "server_state", None)
-        return {getattr(c, "client", None) for c in getattr(state, "connections", ())}
+        return {getattr(c, "client", None) for c in uvicorn_adapter.connections(self)}
 
     def step_down(self, stale: set[Any]) -> None:
         """A newer worker serves: stop accepting, close the keep-alive connections of `stale`
         peers, let the others finish their request, then shut down (uvicorn's graceful
         shutdown)."""
-        for listener in getattr(self, "servers", ()):
+        for listener in uvicorn_adapter.listeners(self):
             listener.close()
-        for connection in list(self.server_state.connections):
+        for connection in list(uvicorn_adapter.connections(self)):
             if getattr(connection, "client", None) in stale:
                 connection.shutdown()
         self._stepping_down = asyncio.get_running_loop().create_task(self._step_down())
@@ -77,7 +77,7 @@ class DevServer(uvicorn.Server):
         """Shut down once the connections that may still carry a request are done."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STEP_DOWN_GRACE
-        while self.server_state.connections and loop.time() < deadline:
+        while uvicorn_adapter.connections(self) and loop.time() < deadline:
             await asyncio.sleep(0.01)
         self.should_exit = True
 
@@ -106,13 +106,13 @@ class DevServer(uvicorn.Server):
         finally:
             for chain in chains.values():
                 chain.close()
-        for captured in reversed(self._captured_signals):
+        for captured in reversed(uvicorn_adapter.captured_signals(self)):
             signal.raise_signal(captured)
 
     @property
     def interrupted(self) -> bool:
         """Whether a signal asked this server to stop (not a newer worker taking over)."""
-        return bool(self._captured_signals)
+        return bool(uvicorn_adapter.captured_signals(self))
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         chain = self._chains.get(sig)
@@ -120,12 +120,12 @@ class DevServer(uvicorn.Server):
             # pdb adds its own Ctrl+C handler when you continue (`c`) from a breakpoint: it
             # would stop in the server's loop and wait for input instead of letting it stop.
             chain.handlers[:] = [h for h in chain.handlers if not _debugger_handler(h)]
-        if sig == signal.SIGINT and signal.SIGINT in self._captured_signals:
+        if sig == signal.SIGINT and signal.SIGINT in uvicorn_adapter.captured_signals(self):
             os._exit(130)  # a second Ctrl+C: no more waiting
         if self.session.retiring and self.should_exit:
             # Stepping down already (a newer worker serves): finish that calmly, then end
             # the session instead of becoming its supervisor.
-            self._captured_signals.append(sig)
+            uvicorn_adapter.captured_signals(self).append(sig)
             return
         type(self).handle_exit(self, sig, frame)  # the current one, patched or not
 

@@ -3,7 +3,7 @@
 watchfiles' `RustNotify` collects changes in a thread of its own (inotify, FSEvents, ...), but
 its `watch()` wakes every `step` milliseconds to look at them, taking the GIL each time: with
 the 3 ms step a save needs to be live quickly, that is about 330 wake-ups a second while
-nothing happens. Here, on Linux, the watcher thread sleeps in `select()` on an inotify
+nothing happens. Here, on Linux, the watcher thread sleeps in `poll()` on an inotify
 descriptor of its own (the doorbell) until something under the watched directories changes,
 then until nothing more happened for 1 ms and no source file is still open for writing,
 and only then takes from `RustNotify` what it saw, up to a marker event of its own (so that
@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from watchfiles import Change
-from watchfiles._rust_notify import RustNotify  # the documented Rust backend (watchfiles docs)
 
+from fh_utils.adapters import IncompatibleVersion
+from fh_utils.adapters.watchfiles import Notifier, notifier
 from fh_utils.timing import COLLECT_TIMEOUT_MS, DEBOUNCE_MS, LATE_TIMEOUT_MS, WRITE_WAIT_MS
 
 __all__ = ["Watcher"]
@@ -88,8 +89,8 @@ class Watcher:
                 try:
                     # watchfiles first: whatever rings the doorbell, it has seen too
                     paths = [str(d) for d in self.dirs] + ([marker.dir] if marker else [])
-                    with RustNotify(paths, False, _polling_forced(), _poll_delay_ms(), True,
-                                    False) as notify:
+                    with notifier(paths, force_polling=_polling_forced(),
+                                  poll_delay_ms=_poll_delay_ms()) as notify:
                         doorbell = _Doorbell.create(self.dirs, self.ignore)
                         self.ready.set()
                         if doorbell is None or marker is None:
@@ -97,6 +98,10 @@ class Watcher:
                         else:
                             with doorbell:
                                 self._loop(doorbell, notify, marker)
+                except IncompatibleVersion as exc:
+                    logger.error("Not watching for changes: %s", exc)
+                    self.ready.set()
+                    return
                 except Exception:
                     if self.stop.is_set():
                         return
@@ -112,7 +117,7 @@ class Watcher:
                 except OSError:
                     pass
 
-    def _loop(self, doorbell: _Doorbell, notify: RustNotify, marker: _Marker) -> None:
+    def _loop(self, doorbell: _Doorbell, notify: Notifier, marker: _Marker) -> None:
         while not self.stop.is_set():
             if not self._burst(doorbell, marker):
                 return
@@ -125,7 +130,7 @@ class Watcher:
             if changes or found:
                 self._report(changes | found)
 
-    def _collect(self, notify: RustNotify, marker: _Marker) -> set[tuple[int, str]] | None:
+    def _collect(self, notify: Notifier, marker: _Marker) -> set[tuple[int, str]] | None:
         """The changes watchfiles' thread has seen up to the burst's last marker; None when
         stopped.
 
@@ -168,8 +173,14 @@ class Watcher:
         """
         deadline = write_deadline = None
         timeout: float | None = None
+        # poll(), not select(): select() fails on a descriptor numbered 1024 or more, which an
+        # app with many open files (a database pool, a model's shards) reaches.
+        poller = select.poll()
+        poller.register(doorbell.fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         while True:
-            ready, _, _ = select.select([doorbell.fd, self._wake_r], [], [], timeout)
+            events = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.5)))
+            ready = {fd for fd, _ in events}
             if self._wake_r in ready or self.stop.is_set():
                 return False
             now = time.monotonic()
@@ -190,7 +201,7 @@ class Watcher:
                 return True
             timeout = self.quiet_ms / 1000
 
-    def _loop_without_doorbell(self, notify: RustNotify) -> None:
+    def _loop_without_doorbell(self, notify: Notifier) -> None:
         """watchfiles' own loop: it wakes every `step_ms` (and every 0.5 s to see `stop`)."""
         while not self.stop.is_set():
             changes = notify.watch(DEBOUNCE_MS, self.step_ms, 500, self.stop)
