@@ -31,6 +31,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 
 from fh_utils.notebook.reloads import KernelReloads
 from fh_utils.notebook.server import NotebookServer, ServeFailed
+from fh_utils.serve.hosts import allowed_hosts
 
 __all__ = ["FhMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -201,6 +202,8 @@ class FhMagics(Magics):
         page = args.page if args.page.startswith("/") else "/" + args.page
         server = self._server(args.host, args.port, args.log_level)
         server.live = args.live
+        if args.allowed_host is not None or not server.guard.allowed:
+            server.guard.allowed = allowed_hosts(args.allowed_host)
         try:
             swapped = server.serve(app)
         except ServeFailed as exc:
@@ -285,6 +288,10 @@ def _parser() -> _Parser:
                         "cell that ran and after each reload")
     parser.add_argument("--watch", action="append", default=[], metavar="DIR",
                         help="also reload project modules under DIR on save (repeatable)")
+    parser.add_argument("--allowed-host", action="append", default=None, metavar="HOST",
+                        help="also accept requests for this Host header: a proxy or tunnel "
+                        "name, '.example.com' for a domain, '*' for any (repeatable; "
+                        "default: $FH_UTILS_ALLOWED_HOST)")
     parser.add_argument("--log-level", default="warning",
                         help="uvicorn's log level (default: warning)")
     parser.add_argument("--stop", action="store_true", help="stop the server")

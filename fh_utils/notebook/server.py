@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import uvicorn
@@ -75,13 +75,15 @@ class NotebookServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5001, *, live: bool = False,
-                 log_level: str = "warning", allowed_hosts: tuple[str, ...] = ()) -> None:
+                 log_level: str = "warning", allowed_hosts: Sequence[str] = ()) -> None:
         self.host = host
         self.live = live
         self.switch = Switch(self._startup, self._shutdown, "auto", Timeouts())
         self.hub = LiveHub()
         self._with_live = LiveReloadMiddleware(self.switch, self.hub)
-        self.asgi = HostGuard(self._entry, allowed_hosts, host)
+        self.guard = HostGuard(self._entry, allowed_hosts, host,
+                               hint="%fh --allowed-host {name}")
+        self.asgi = self.guard
         self._sock = _bind(host, port)
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(self.asgi, lifespan="on", interface="asgi3", log_config=None,

@@ -15,11 +15,23 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 
 from fh_utils.asgi import ASGIApp, Receive, Scope, Send
 
-__all__ = ["HostGuard", "host_allowed"]
+__all__ = ["ALLOWED_HOST_ENV", "HostGuard", "allowed_hosts", "host_allowed"]
+
+ALLOWED_HOST_ENV = "FH_UTILS_ALLOWED_HOST"  # names separated by spaces or commas
+
+
+def allowed_hosts(explicit: Sequence[str] | str | None) -> list[str]:
+    """The hosts allowed besides the always allowed ones: `explicit` when given (it wins),
+    else `$FH_UTILS_ALLOWED_HOST`. The one place every entry point resolves them."""
+    if explicit is None:
+        explicit = os.environ.get(ALLOWED_HOST_ENV, "")
+    values = [explicit] if isinstance(explicit, str) else list(explicit)
+    return [name for value in values for name in value.replace(",", " ").split()]
 
 logger = logging.getLogger("fh_utils")
 
@@ -63,11 +75,12 @@ def host_allowed(host: str | None, allowed: Iterable[str] = (), bound: str | Non
 class HostGuard:
     """ASGI middleware: requests and WebSockets with a `Host` not allowed get 403."""
 
-    def __init__(self, app: ASGIApp, allowed: Iterable[str] = (), bound: str | None = None
-                 ) -> None:
+    def __init__(self, app: ASGIApp, allowed: Iterable[str] = (), bound: str | None = None,
+                 *, hint: str = "--allowed-host {name}") -> None:
         self.app = app
-        self.allowed = [a for value in allowed for a in value.replace(",", " ").split()]
+        self.allowed = allowed_hosts(list(allowed))
         self.bound = bound
+        self.hint = hint  # how the entry point that started this server allows a host
         self._told: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,14 +98,18 @@ class HostGuard:
         name = _hostname(host or "")
         if name not in self._told:
             self._told.add(name)
-            logger.warning("Refused a request for host %r: add --allowed-host %s to allow it",
-                           name, name)
+            logger.warning("Refused a request for host %r: %s", name, self._how(name))
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = (f"Blocked request: host {name!r} is not allowed. Start the server with "
-                f"--allowed-host {name} to allow it.\n").encode()
+        how = self._how(name)
+        body = f"Blocked request: host {name!r} is not allowed. {how[0].upper()}{how[1:]}.\n"
+        data = body.encode()
         await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+                                (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    def _how(self, name: str) -> str:
+        return (f"start the server with {self.hint.format(name=name)} "
+                f"(or set {ALLOWED_HOST_ENV}={name}) to allow it")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -262,20 +263,29 @@ def _run_full(options: DevOptions, settings: dict[str, Any], common: dict[str, A
 
 
 def _to_json(options: DevOptions) -> dict[str, Any]:
+    """Every option a `--reload full` child needs, whichever they are: all of `DevOptions`
+    but what uvicorn's own reloader does there (watching, uvicorn's settings)."""
+    data = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+            if f.name not in _NOT_FOR_CHILD}
     t = options.target
-    return {"target": [t.module, t.attr, t.factory, str(t.app_dir)], "live": options.live,
-            "allowed_hosts": list(options.allowed_hosts), "host": options.host,
-            "uvicorn": {k: options.uvicorn.get(k, "auto") for k in ("interface", "lifespan")}}
+    data["target"] = [t.module, t.attr, t.factory, str(t.app_dir)]
+    data["uvicorn"] = {k: options.uvicorn.get(k, "auto") for k in ("interface", "lifespan")}
+    return data
+
+
+# What the parent's `uvicorn.run(reload=True)` does for the child: it watches and restarts it.
+_NOT_FOR_CHILD = {"target", "uvicorn", "reload", "reload_dirs", "reload_includes",
+                  "reload_excludes", "reload_delay"}
+
+
+def _from_json(data: dict[str, Any]) -> DevOptions:
+    module, attr, factory, app_dir = data.pop("target")
+    return DevOptions(target=AppTarget(module, attr, factory, Path(app_dir)), reload="no",
+                      **data)
 
 
 def _full_reload_child() -> Any:
     """`--reload full`: uvicorn's reloader restarts this process on change; each process
     serves the app through a session that does not watch (uvicorn's supervisor does)."""
-    data = json.loads(os.environ[_CHILD_OPTIONS])
-    module, attr, factory, app_dir = data["target"]
-    options = DevOptions(
-        target=AppTarget(module, attr, factory, Path(app_dir)), host=data["host"],
-        reload="no", live=data["live"], uvicorn=data["uvicorn"],
-        allowed_hosts=data["allowed_hosts"],
-    )
+    options = _from_json(json.loads(os.environ[_CHILD_OPTIONS]))
     return DevSession(options).asgi

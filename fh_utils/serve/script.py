@@ -28,6 +28,7 @@ def serve(
     reload_excludes: Sequence[str] | str | None = None,
     live: bool = False,
     procs: int | None = None,
+    allowed_hosts: Sequence[str] | str | None = None,
     **kwargs: Any,
 ) -> None:
     """Serve the app of the calling script with in-place reloading; FastHTML's `serve()` API.
@@ -39,6 +40,8 @@ def serve(
     once, and every reload re-executes `app.py` as `app`.
 
     `reload=False` serves without watching; `live=True` refreshes open pages after each reload.
+    `allowed_hosts` are Host headers accepted besides localhost and IP addresses (a proxy or
+    tunnel name, `.example.com`, `*`), as `--allowed-host` (default: `$FH_UTILS_ALLOWED_HOST`).
     `port` defaults to `$PORT` or 5001. `host` defaults to 127.0.0.1, not FastHTML's
     `0.0.0.0`: a dev server shows tracebacks and source, so it serves this machine only unless
     you pass `host="0.0.0.0"`. Other keyword arguments go to `uvicorn.Config` (`root_path`,
@@ -58,6 +61,7 @@ def serve(
         return
     _serving = True
 
+    from fh_utils.serve.hosts import allowed_hosts as resolve_hosts
     from fh_utils.serve.processes import run_dev
     from fh_utils.serve.session import DevOptions  # imports IPython: only when serving
     from fh_utils.target import AppTarget, TargetError, resolve_target
@@ -94,6 +98,8 @@ def serve(
         live=live,
         reload_includes=_listify(reload_includes),
         reload_excludes=_listify(reload_excludes),
+        allowed_hosts=resolve_hosts(allowed_hosts),
+        host_hint="serve(allowed_hosts=['{name}'])",
         uvicorn=kwargs,
     )
     try:

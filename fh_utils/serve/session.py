@@ -93,6 +93,7 @@ class DevOptions:
     keep_connections: bool = False  # leave a retired app's WebSockets and streams open
     timeout_lifespan: float = 30.0
     allowed_hosts: Sequence[str] = ()  # Host headers allowed besides localhost and IPs
+    host_hint: str = "--allowed-host {name}"  # how this entry point's user allows a host
     project_loaded: bool = False  # this process already ran the app (`python app.py`)
     notes: Sequence[str] = ()  # lines to log once at start-up
     reload_dirs: Sequence[str] = ()
@@ -158,7 +159,8 @@ class DevSession:
             self.asgi = LiveReloadMiddleware(
                 self.switch, self.live, morph=options.live_morph, editor=options.editor,
                 roots=self.watch.dirs, is_project_file=self.reloader.graph.is_project_file)
-        self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host)
+        self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host,
+                              hint=options.host_hint)
         self._prepared = False  # a new worker: its app was loaded before uvicorn started
         self.ladder = Ladder(self.reloader, self.switch, self._adapt, self._newer,
                              escalate=options.escalate, timeout_lifespan=options.timeout_lifespan,
