@@ -572,3 +572,40 @@ def test_worker_killed_after_a_restart_is_replaced(tmp_path, serve):
     elapsed = ctrl_c(server.proc)
     assert_quick(elapsed, server, "after the killed worker was replaced")
     assert_all_gone(server, tmp_path, pids, started, "Ctrl+C after a replaced worker")
+
+
+
+@pytest.mark.parametrize("preload", ["1", "0"])
+def test_restart_tier_without_preloading_as_on_macos(tmp_path, serve, preload):
+    """macOS cannot fork a process that loaded Objective-C: there the zygote is a fresh
+    interpreter that preloads none of the app's packages (FH_UTILS_ZYGOTE_PRELOAD=0 does the
+    same here), and a restart still serves the edit. pydantic_core stands for such a package:
+    a compiled one that the app imports and uvicorn does not."""
+    write(tmp_path / "poller.py", POLLER.format(version="p1"))
+    write(tmp_path / "app.py", "import pydantic_core\n" + POLLER_APP)
+    server = serve("app.py", env={"FH_UTILS_ZYGOTE_PRELOAD": preload})
+    assert server.get().text == "poller p1"
+
+    def zygote() -> int | None:
+        """The first server's child (the workers are the zygote's children)."""
+        for pid in session_pids(tmp_path):
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                if int(stat.rpartition(")")[2].split()[1]) == server.proc.pid:
+                    return pid
+        return None
+
+    def preloaded() -> bool:
+        pid = zygote()
+        return pid is not None and "pydantic_core" in Path(f"/proc/{pid}/maps").read_text()
+
+    if preload == "1":  # the control: on Linux the zygote imports the app's packages
+        wait_until(preloaded, RELOAD_TIMEOUT, "pydantic_core preloaded in the zygote")
+    write(tmp_path / "poller.py", POLLER.format(version="p2"))
+    server.wait_text("poller p2")
+    server.wait_log("by restarting the worker")
+    if preload == "0":
+        pid = zygote()
+        assert pid is not None
+        assert b"fh_utils.serve.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert not preloaded()

@@ -166,7 +166,7 @@ def run_dev(options: DevOptions) -> None:
         sockets = [listener]
         try:
             session.zygote = zygote.start(
-                listener, spawn=options.project_loaded,
+                listener, spawn=options.project_loaded or zygote.spawned(),
                 log_config=log_config if isinstance(log_config, dict) else None,
                 worker=worker_main)
         except OSError as exc:

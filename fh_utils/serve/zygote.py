@@ -57,6 +57,19 @@ def _import_worker(path: str) -> Worker:
     return found
 
 
+# macOS: forking a process that has initialised Objective-C or Accelerate (numpy, torch and
+# others import them) can crash the child. There the zygote is a fresh interpreter that imports
+# none of the app's packages: each worker it forks imports them itself (a slower restart tier,
+# never a crashed one). FH_UTILS_ZYGOTE_PRELOAD=0 does the same elsewhere (to try it, or for a
+# package that is not fork-safe on Linux either).
+PRELOAD = sys.platform != "darwin" and os.environ.get("FH_UTILS_ZYGOTE_PRELOAD", "1") != "0"
+
+
+def spawned() -> bool:
+    """Whether the zygote must be a fresh interpreter, not a fork of this process."""
+    return not PRELOAD
+
+
 def available() -> bool:
     """Whether this platform can fork workers (the restart tier needs `os.fork`)."""
     return hasattr(os, "fork") and hasattr(socket, "send_fds")
@@ -282,6 +295,8 @@ class _Zygote:
 
     def _preload(self, modules: list[str], sys_path: list[str], env_file: str | None) -> None:
         sys.path[:] = sys_path
+        if not PRELOAD:
+            return
         if env_file:
             from fh_utils.reload.envfile import EnvFile
 
