@@ -132,11 +132,13 @@ def test_three_module_chain_only_deepest_changes(tmp_path, serve):
 
     write(tmp_path / "c.py", f"open({str(log)!r}, 'a').write('c ')\nVALUE = 'c2'\n")
     server.wait_text("b+c2")
-    assert ran(log)[4:] == ["c", "b", "app"]  # dependencies first; `other` did not re-run
+    # A cold start's order (app.py runs until it imports b, which runs until it imports c);
+    # `other` did not re-run.
+    assert ran(log)[4:] == ["app", "b", "c"]
     assert "Reloaded c.py (+2 dependents) in" in server.log
 
 
-def test_two_files_saved_together_reload_in_dependency_order(tmp_path, serve):
+def test_two_files_saved_together_reload_in_cold_start_order(tmp_path, serve):
     log = tmp_path / "ran.txt"
     write(tmp_path / "helpers.py", f"open({str(log)!r}, 'a').write('helpers ')\nCONST = 1\n")
     app_src = """
@@ -152,12 +154,13 @@ def test_two_files_saved_together_reload_in_dependency_order(tmp_path, serve):
     server = serve("app.py")
     assert server.get().text == "1/1"
 
-    # app.py is written first, so an unordered reload would run it before helpers.
+    # app.py is written first: whatever the order of the saves, app.py runs until it imports
+    # helpers, which then runs (the new one), as a cold start runs them.
     write(tmp_path / "app.py", app_src.format(log=str(log), expected=2))
     write(tmp_path / "helpers.py", f"open({str(log)!r}, 'a').write('helpers ')\nCONST = 2\n")
     server.wait_text("2/2")
     runs = ran(log)[2:]
-    assert runs[-2:] == ["helpers", "app"]
+    assert runs[-2:] == ["app", "helpers"]
 
 
 def test_module_imported_lazily_in_handler_then_edited(tmp_path, serve):

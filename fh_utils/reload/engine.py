@@ -44,6 +44,7 @@ from fh_utils.reload.classes import ClassKeeper
 from fh_utils.reload.envfile import Changes, EnvFile
 from fh_utils.reload.errors import Failure, describe, display_path
 from fh_utils.reload.graph import GraphState, Listing, ModuleGraph, Resource
+from fh_utils.reload.ownership import Fingerprints
 from fh_utils.reload.patch import Patcher
 from fh_utils.reload.pinning import engine as cache_engine
 from fh_utils.reload.tracking import ProjectFinder, activate, deactivate, track_environ
@@ -133,6 +134,19 @@ class _ModuleFailed(Exception):
     def __init__(self, module: str, error: BaseException) -> None:
         super().__init__(module)
         self.error = error
+
+
+class _OwnersWritten(Exception):
+    """The batch wrote into the state of project modules outside it: `owners`."""
+
+    def __init__(self, owners: list[str]) -> None:
+        super().__init__(", ".join(owners))
+        self.owners = owners
+
+
+# A batch that writes into modules outside it runs again with them, at most this many times
+# (each time with more of the project); then the project is re-imported.
+_WIDENINGS = 3
 
 
 class _Unfaithful(Exception):
@@ -338,12 +352,42 @@ class Reloader:
 
     # -- running ---------------------------------------------------------------------------
     def run(self, plan: Plan) -> Batch:
-        """Re-execute the plan's modules in place; commit or roll back the batch it returns."""
+        """Re-execute the plan's modules in place; commit or roll back the batch it returns.
+
+        If the batch wrote into the state of project modules outside it (their owners), it is
+        rolled back and run again with them and everything that imports them: each owner
+        starts from empty state and runs before the modules that write into it, as on a cold
+        start (`fh_utils.reload.ownership`)."""
+        for attempt in range(_WIDENINGS + 1):
+            batch = self._run_once(plan)
+            owners = batch.owners_written
+            if not owners:
+                return batch
+            batch.rollback()
+            if attempt == _WIDENINGS:
+                break
+            logger.debug("The batch wrote into %s: running it again with them",
+                         ", ".join(owners))
+            widened = self.graph.dependents({*plan.order, *owners})
+            plan = replace(plan, order=[n for n in self.graph.ordered(widened)
+                                        if n in sys.modules],
+                           outcome=replace(plan.outcome, reran=[], failure=None,
+                                           notes=list(plan.outcome.notes)))
+        batch.escalation = Escalation(
+            "re-import", f"the reload kept writing into the state of {', '.join(owners)}")
+        return batch
+
+    def _run_once(self, plan: Plan) -> Batch:
         batch = Batch(self, plan, "in place")
         if not plan.runnable:
             return batch
         self._batch = batch
         keeper = batch.keeper
+        in_batch = set(plan.order)
+        outside = Fingerprints(
+            (sys.modules[n] for n in self.graph.modules()
+             if n in sys.modules and n not in in_batch),
+            lambda cls: self.graph.is_project_module(getattr(cls, "__module__", "")))
         try:
             batch.apply_env()
             for entry, what in plan.caches:  # before the modules that may call them re-run
@@ -352,24 +396,83 @@ class Reloader:
                 batch.remove_module(name)
             if plan.removed:
                 importlib.invalidate_caches()
+            imported_before = self._imported_by(plan.order)
             with keeper.active():
-                for name in plan.order:
-                    module = sys.modules[name]
-                    batch.prepare_rerun(name)
-                    snapshot = dict(module.__dict__)
-                    keeper.expect(name, snapshot)
-                    _superreload(module, self._reexec(snapshot, batch), self._scratch)
-                    batch.done.append((module, snapshot))
-                    _reattach_submodules(module, snapshot)
-                    batch.outcome.reran.append(name)
+                self._run_in_import_order(batch)
                 if plan.needs_import:
                     importlib.import_module(self.target.module)
+            self._drop_unimported(batch, imported_before)
+            batch.owners_written = outside.written()
+            if batch.owners_written:
+                return batch
             fresh = plan.needs_import or self.target.module in batch.outcome.reran
             batch.app = self._resolve_app(fresh=fresh or self.app is None)
             batch.escalation = _unexpressible(batch.done)
         except BaseException as exc:
+            # A failure after a write into an owner may be that owner's stale state (a
+            # registry refusing a second definition): run again with the owners first.
+            batch.owners_written = outside.written()
+            if batch.owners_written and not isinstance(exc, _Unfaithful):
+                return batch
             self._roll_back(batch, exc)
         return batch
+
+    def _run_in_import_order(self, batch: Batch) -> None:
+        """Run the batch's modules in the order a cold start of the edited tree runs them.
+
+        Every module of the batch is stale; the app module runs first (as a cold start begins
+        there), and an import of a stale module, wherever it stands (the bottom of app.py, a
+        package's `__init__`, an edge this very save added), runs it at that import. Stale
+        modules no run reached (imported lazily) then run, importers first.
+        """
+        graph = self.graph
+        order = batch.plan.order
+        graph.stale = set(order)
+        graph.rerun = lambda name: self._rerun(batch, name)
+        try:
+            first = [self.target.module] if self.target.module in graph.stale else []
+            for name in [*first, *reversed(order)]:
+                if name in graph.stale:
+                    self._rerun(batch, name)
+        finally:
+            graph.stale = set()
+            graph.rerun = lambda name: None
+
+    def _rerun(self, batch: Batch, name: str) -> None:
+        """Run the stale module `name` again, in place (superreload keeps the module object)."""
+        self.graph.stale.discard(name)
+        module = sys.modules.get(name)
+        if module is None:
+            return
+        batch.prepare_rerun(name)
+        snapshot = dict(module.__dict__)
+        batch.keeper.expect(name, snapshot)
+        _superreload(module, self._reexec(snapshot, batch), self._scratch)
+        batch.done.append((module, snapshot))
+        _reattach_submodules(module, snapshot)
+        batch.outcome.reran.append(name)
+
+    def _imported_by(self, names: Iterable[str]) -> set[str]:
+        with self.graph._lock:
+            return {m for name in names for m in self.graph.imports.get(name, ())}
+
+    def _drop_unimported(self, batch: Batch, candidates: set[str]) -> None:
+        """A project module that the batch's modules imported before, and that no module
+        imports now, leaves `sys.modules` (and its package): a cold start never loads it.
+        What it alone imported follows it."""
+        graph = self.graph
+        while candidates:
+            with graph._lock:
+                imported = {m for deps in graph.imports.values() for m in deps}
+            gone = sorted(name for name in candidates
+                          if name in sys.modules and name not in imported
+                          and name != self.target.module and graph.is_project_module(name))
+            if not gone:
+                return
+            candidates = self._imported_by(gone)
+            for name in gone:
+                logger.debug("%s is no longer imported by the project: unloaded", name)
+                batch.remove_module(name)
 
     def reimport(self, plan: Plan, cause: str) -> Batch:
         """Import the whole project afresh: every project module leaves `sys.modules`, then the
@@ -415,6 +518,10 @@ class Reloader:
             started = time.perf_counter()
             try:
                 return importlib.reload(module)
+            except (_ModuleFailed, _Unfaithful):  # a module it imported, run at that import
+                module.__dict__.clear()
+                module.__dict__.update(snapshot)
+                raise
             except BaseException as exc:
                 module.__dict__.clear()
                 module.__dict__.update(snapshot)
@@ -557,6 +664,7 @@ class Batch:
         self._removed: list[tuple[str, types.ModuleType]] = []
         self._detached: list[tuple[types.ModuleType, str, Any]] = []  # package attributes
         self._project_before = set(sys.modules)
+        self.owners_written: list[str] = []  # modules outside the batch whose state it wrote
         self._graph: GraphState = reloader.graph.snapshot()
         self._env_undo: Changes | None = None
         self._closed = False

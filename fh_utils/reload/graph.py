@@ -105,6 +105,11 @@ class ModuleGraph:
         self._written: set[Path] = set()  # files opened for writing since the reloader looked
         # The cache entry computing in this thread, if any (see fh_utils.reload.pinning.engine).
         self.computing: Callable[[], object | None] = _nothing
+        # While a batch runs: the modules still to run again, and how to run one. An import of
+        # a stale module runs it there and then (`fh_utils.reload.tracking`), as a cold start
+        # would at that import: the import system, not this graph, orders the batch.
+        self.stale: set[str] = set()
+        self.rerun: Callable[[str], None] = _ignore_name
 
     # -- what belongs to the project ---------------------------------------------------------
     def is_project_file(self, path: Path | str) -> bool:
@@ -461,6 +466,10 @@ def _imported_names(code: types.CodeType, package: str) -> set[str]:
             names.update(f"{base}.{item}" for item in fromlist or () if isinstance(item, str))
         todo.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
     return names
+
+
+def _ignore_name(name: str) -> None:
+    pass
 
 
 def _nothing() -> None:

@@ -252,7 +252,10 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
         importer = graph.executing()
         if importer is None:  # another thread, while a project module runs
             return original(name, globals, locals, fromlist, level)
-        if _loaded(_absolute(name, globals, level), fromlist):
+        absolute = _absolute(name, globals, level)
+        if graph.stale and absolute:
+            _run_stale(graph, absolute, fromlist)
+        if _loaded(absolute, fromlist):
             module = original(name, globals, locals, fromlist, level)  # a lookup: no effects
         else:
             with effects.detached():  # what importing a module does is that module's
@@ -269,6 +272,18 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
         return module
 
     return __import__
+
+
+def _run_stale(graph: ModuleGraph, name: str, fromlist: Sequence[str] | None) -> None:
+    """A batch is running: the stale modules this import reaches run now, parents first, as
+    the import system runs them on a cold start (where they are not loaded yet)."""
+    parts = name.split(".")
+    wanted = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    wanted += [f"{name}.{item}" for item in fromlist or () if isinstance(item, str)]
+    for module in wanted:
+        if module in graph.stale:
+            with effects.detached():  # what running a module does is that module's
+                graph.rerun(module)
 
 
 def _absolute(name: str, globals: Any, level: int) -> str | None:
@@ -297,6 +312,8 @@ def _loaded(name: str | None, fromlist: Sequence[str]) -> bool:
 
 def _make_import_module(original: Callable[..., Any], graph: ModuleGraph) -> Callable[..., Any]:
     def import_module(name: str, package: str | None = None) -> types.ModuleType:
+        if graph.stale and graph.executing() is not None:
+            _run_stale(graph, importlib.util.resolve_name(name, package), ())
         if name in sys.modules:
             module: types.ModuleType = original(name, package)
         else:
