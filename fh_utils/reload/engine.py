@@ -23,6 +23,7 @@ This module imports IPython; only `fh_utils dev` imports it.
 
 from __future__ import annotations
 
+import atexit
 import enum
 import importlib
 import inspect
@@ -241,6 +242,16 @@ class Reloader:
         for name in self.graph.modules():
             sys.modules.pop(name, None)
         self.app = None
+
+    def exit(self) -> None:
+        """This process ends because a new worker serves the project (the restart tier): run
+        what the app's process would run at its end, once: every pinned value's `cleanup`,
+        every `on_reload` callback, then the `atexit` callbacks (a replaced worker leaves
+        through `os._exit` or `exec`, which skip them)."""
+        try:
+            cache_engine.release_all()
+        finally:
+            atexit._run_exitfuncs()  # CPython's own exit step; it clears what it ran
 
     def loaded_packages(self) -> list[str]:
         """Top-level names of the modules loaded that are not the project's (to preload)."""

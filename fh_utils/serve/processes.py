@@ -179,6 +179,7 @@ def run_dev(options: DevOptions) -> None:
         pass
     finally:
         if session.retiring and session.zygote is not None and not server.interrupted:
+            session.reloader.exit()  # the exec below skips the app's exit steps
             _become_supervisor(session.zygote)
         if session.zygote is not None:
             session.zygote.stop()
@@ -212,6 +213,8 @@ def worker_main(start: Any, link: socket.socket | None, zygote_sock: socket.sock
             runner.run(main())
     except KeyboardInterrupt:
         pass
+    if session.retiring:  # replaced: its clean-ups run now (the zygote ends it with _exit)
+        session.reloader.exit()
     return 0
 
 
