@@ -191,6 +191,7 @@ class Reloader:
         self._scratch: dict[tuple[str, str], list[weakref.ref[Any]]] = {}  # superreload's
         self.app: ASGIApp | None = None
         self.last_patch: Patcher | None = None
+        self.start_path: list[str] = list(sys.path)  # set again by start()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Outcome:
@@ -198,6 +199,9 @@ class Reloader:
         app_dir = str(self.target.app_dir)
         if app_dir not in sys.path:
             sys.path.insert(0, app_dir)
+        # What a cold start of the project begins with: entries the project adds as it runs
+        # (sys.path.insert at import) are its own, made again by each fresh process.
+        self.start_path = list(sys.path)
         effects.install()
         effects.configure(self.graph.is_project_file)
         self._finder.install()

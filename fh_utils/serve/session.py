@@ -218,7 +218,7 @@ class DevSession:
             return
         env = self.reloader.env
         try:
-            self.zygote.preload(self.reloader.loaded_packages(), sys.path,
+            self.zygote.preload(self.reloader.loaded_packages(), self.reloader.start_path,
                                 str(env.path) if env is not None else None)
         except OSError:
             logger.debug("The zygote is gone: restarts are not available", exc_info=True)
