@@ -8,6 +8,8 @@ and while an app's lifespan runs, `Record` notes:
 - handlers and filters added to or removed from loggers, logger levels, `logging.disable`;
 - `atexit` callbacks and signal handlers installed;
 - entries added to or removed from `sys.path`, `sys.meta_path` and the warnings filters;
+- environment variables set, changed or removed (`os.environ`, `setdefault` included): taken
+  back before the module runs again, it starts from the environment a cold start gives it;
 - threads started and asyncio tasks created.
 
 Before a module runs again its record is undone: what can be put back is put back, and its
@@ -26,6 +28,7 @@ import contextlib
 import contextvars
 import logging
 import operator
+import os
 import signal
 import sys
 import threading
@@ -66,6 +69,7 @@ class Record:
         self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._handlers: list[logging.Handler] = []  # added by this run: closed when dropped
         self._lists: tuple[list[Any], ...] | None = None  # snapshot while this run is innermost
+        self._environ: dict[Any, Any] | None = None  # os.environ's, likewise
 
     def __repr__(self) -> str:
         return f"<Record {self.label}: {len(self._ops)} changes, {len(self._threads)} threads>"
@@ -124,9 +128,13 @@ class Record:
 
     def _open_interval(self) -> None:
         self._lists = _snapshot_lists()
+        self._environ = _environ_data().copy()
 
     def _close_interval(self) -> None:
         before, self._lists = self._lists, None
+        environ, self._environ = self._environ, None
+        if environ is not None:
+            _diff_environ(self, environ)
         if before is None:
             return
         for name, old, current in zip(_LISTS, before, _live_lists()):
@@ -463,6 +471,44 @@ def _pool_thread(thread: threading.Thread) -> bool:
 
 def _live_lists() -> tuple[list[Any], ...]:
     return sys.path, cast("list[Any]", sys.meta_path), cast("list[Any]", warnings.filters)
+
+
+def _environ_data() -> dict[Any, Any]:
+    """os.environ's own mapping (encoded keys and values): copied per module run, so the
+    cheapest copy there is; a plain dict of it where an interpreter has no such attribute."""
+    data = getattr(os.environ, "_data", None)
+    return data if isinstance(data, dict) else dict(os.environ)
+
+
+def _diff_environ(record: Record, before: dict[Any, Any]) -> None:
+    after = _environ_data()
+    if after == before:
+        return
+    decode = getattr(os.environ, "decodekey", None)
+    decode_value = getattr(os.environ, "decodevalue", None)
+
+    def text(raw: Any, how: Callable[[Any], str] | None) -> Any:
+        return how(raw) if how is not None and isinstance(raw, bytes) else raw
+
+    for key in before.keys() | after.keys():
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        name = text(key, decode)
+        old_text = None if old is None else text(old, decode_value)
+        new_text = None if new is None else text(new, decode_value)
+        record._add(f"environment variable {name}", _env_setter(name, old_text),
+                    _env_setter(name, new_text))
+
+
+def _env_setter(name: str, value: str | None) -> Callable[[], None]:
+    def apply() -> None:
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+    return apply
 
 
 def _snapshot_lists() -> tuple[list[Any], ...]:

@@ -1,0 +1,43 @@
+"""What a module depends on without importing it: the process environment. A module that runs
+again starts from the environment a cold start gives it (its own earlier writes taken back).
+Each test saves a file, then compares with `fh_utils run` on the same tree."""
+
+from __future__ import annotations
+
+from tests.conftest import write
+from tests.test_faithful import assert_matches_cold, save
+
+APP = """
+import os
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import settings  # noqa: F401
+
+def home(request):
+    return JSONResponse([os.environ.get("MODE"), os.environ.get("FEATURE")])
+
+app = Starlette(routes=[Route("/", home)])
+"""
+
+
+def test_environment_written_at_import_starts_over_when_the_module_runs_again(tmp_path, serve):
+    write(tmp_path / "settings.py", "import os\nos.environ.setdefault('MODE', 'dev')\n"
+          "os.environ['FEATURE'] = 'on'\n")
+    write(tmp_path / "app.py", APP)
+    server = serve("app.py")
+    assert server.get().json() == ["dev", "on"]
+    save(server, tmp_path / "settings.py", "import os\nos.environ.setdefault('MODE', 'prod')\n")
+    assert_matches_cold(server, tmp_path)
+    assert server.get().json() == ["prod", None]
+
+
+def test_a_variable_the_environment_had_at_start_keeps_its_value(tmp_path, serve):
+    """setdefault on a variable the server was started with: the start-up value wins, in the
+    hot server as in a cold start with the same environment."""
+    write(tmp_path / "settings.py", "import os\nos.environ.setdefault('MODE', 'dev')\n")
+    write(tmp_path / "app.py", APP)
+    server = serve("app.py", env={"MODE": "staging"})
+    save(server, tmp_path / "settings.py", "import os\nos.environ.setdefault('MODE', 'x')\n"
+         "VERSION = 2\n")
+    assert server.get().json() == ["staging", None]
