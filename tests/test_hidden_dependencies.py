@@ -41,3 +41,49 @@ def test_a_variable_the_environment_had_at_start_keeps_its_value(tmp_path, serve
     save(server, tmp_path / "settings.py", "import os\nos.environ.setdefault('MODE', 'x')\n"
          "VERSION = 2\n")
     assert server.get().json() == ["staging", None]
+
+
+TICKER_APP = """
+import threading
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+import ticker
+
+def home(request):
+    running = [t for t in threading.enumerate()
+               if isinstance(getattr(t, "_args", None), tuple) and len(t._args) == 2
+               and isinstance(t._args[1], threading.Event)]  # tick(stop), old runs' too
+    return JSONResponse([ticker.VERSION, len(running)])
+
+app = Starlette(routes=[Route("/", home)])
+"""
+
+TICKER = """
+import threading
+from fastcore.parallel import threaded
+
+VERSION = {version}
+STOP = threading.Event()
+
+@threaded(daemon=True)
+def tick(stop):
+    while not stop.wait(0.05):
+        pass
+
+tick(STOP)
+"""
+
+
+def test_a_thread_an_installed_package_starts_for_project_code_is_the_projects(
+        tmp_path, serve):
+    """fastcore's @threaded starts the thread from its own code, with its own target wrapping
+    the project's function: still the module's thread, so a re-run while it lives is not done
+    in place (it would leave two running where a cold start has one)."""
+    write(tmp_path / "ticker.py", TICKER.format(version=1))
+    write(tmp_path / "app.py", TICKER_APP)
+    server = serve("app.py")
+    assert server.get().json() == [1, 1]
+    save(server, tmp_path / "ticker.py", TICKER.format(version=2))
+    assert_matches_cold(server, tmp_path)
+    assert server.get().json() == [2, 1]

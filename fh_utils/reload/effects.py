@@ -449,11 +449,38 @@ def _signal(original: Callable[..., Any]) -> Callable[..., Any]:
 def _thread_start(original: Callable[..., None]) -> Callable[..., None]:
     def start(self: threading.Thread) -> None:
         original(self)
-        record = _asking()
+        record = _asking() or _runs_project_code(self)
         if record is not None and not _pool_thread(self):
             record._threads.append(weakref.ref(self))
 
     return start
+
+
+def _runs_project_code(thread: threading.Thread) -> Record | None:
+    """The running module's record when `thread` runs the project's code, whoever started it
+    (fastcore's `@threaded`, a scheduler given a project function): the project's thread."""
+    record = _owner.get()
+    if record is None or _is_project is None:
+        return None
+    run = type(thread).run
+    runs = getattr(thread, "_target", None) if run is threading.Thread.run else run
+    return record if _project_callable(runs, _is_project) else None
+
+
+def _project_callable(obj: Any, is_project: Callable[[str], bool], depth: int = 3) -> bool:
+    """Whether calling `obj` runs project code: a project function, or a wrapper around one
+    (a bound method, `functools.partial`, `__wrapped__`, a closure such as fastcore's
+    `threaded` makes), looked into `depth` levels deep."""
+    if obj is None or depth == 0:
+        return False
+    code = getattr(obj, "__code__", None)
+    if code is not None and is_project(code.co_filename):
+        return True
+    inner = [getattr(obj, name, None) for name in ("__func__", "func", "__wrapped__")]
+    for cell in getattr(obj, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            inner.append(cell.cell_contents)
+    return any(callable(x) and _project_callable(x, is_project, depth - 1) for x in inner)
 
 
 def _pool_thread(thread: threading.Thread) -> bool:
