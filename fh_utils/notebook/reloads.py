@@ -2,7 +2,7 @@
 
 `%load_ext fh_utils` starts one `KernelReloads` for the notebook's directory (and the
 directories `%fh --watch` names). It uses the engine of `fh_utils dev` (`fh_utils.reload.engine`): a
-saved file re-runs its module and the modules that import it, dependencies first, as one batch
+saved file re-runs its module and the modules that import it, in a cold start's order, as one batch
 that is committed or rolled back whole; `no_reload_cache` values stay.
 
 When reloads run: never while a cell runs. A watcher thread notes changed files and asks the

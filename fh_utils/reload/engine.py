@@ -1,7 +1,9 @@
 """The reload engine: changed files in, the next app (or an error) out, as a transaction.
 
 A reload is a `Batch`: the changed project modules and every module that imports them are
-re-executed, dependencies first, each through IPython's `superreload`. Nothing of a batch is
+re-executed in the order a cold start runs them (the app module first, each other module at
+the import that reaches it), each through IPython's `superreload`; modules outside the batch
+whose state it wrote run again too (`fh_utils.reload.ownership`). Nothing of a batch is
 final until `Batch.commit()`: files are compiled before any module is touched, and if a module
 raises (anything, including `SystemExit`), the app can no longer be found, or the new app's
 lifespan startup fails, `Batch.rollback()` gives every module its exact previous namespace,
