@@ -7,6 +7,7 @@ is served, the log shows every reload the earlier write could have caused.
 
 from __future__ import annotations
 
+import glob
 import marshal
 import os
 import subprocess
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fh_utils.reload import tracking
 from fh_utils.reload.graph import ModuleGraph
@@ -288,6 +290,35 @@ def test_file_outside_the_watched_directories_is_not_tracked(tmp_path, tmp_path_
     finally:
         tracking.deactivate(graph)
     assert graph.reads["mod"] == {inside.resolve()}
+
+
+@pytest.mark.parametrize("listing", [
+    'os.listdir("plugins")',
+    'list(os.scandir("plugins"))',
+    'glob.glob("plugins/*.py")',
+    'list(Path("plugins").iterdir())',
+    'list(Path("plugins").glob("*.py"))',  # 3.13: through glob._StringGlobber.scandir
+    'list(Path("plugins").rglob("*.py"))',
+])
+def test_each_way_of_listing_a_directory_is_tracked(tmp_path, monkeypatch, listing):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "plugins" / "a.py", "")
+    source = f"import glob\nimport os\nfrom pathlib import Path\n{listing}\n"
+    code = compile(source, str(tmp_path / "mod.py"), "exec")  # project code, as a module runs
+    graph = ModuleGraph([tmp_path])
+    scandir = os.scandir
+    tracking.activate(graph)
+    try:
+        graph.begin("mod", tmp_path / "mod.py")
+        exec(code, {})
+        graph.end("mod")
+    finally:
+        tracking.deactivate(graph)
+    assert set(graph.listings) == {(tmp_path / "plugins").resolve()}
+    assert os.scandir is scandir
+    globber = getattr(glob, "_StringGlobber", None)  # put back too (Python 3.13)
+    if globber is not None and isinstance(globber.__dict__.get("scandir"), staticmethod):
+        assert globber.__dict__["scandir"].__func__ is scandir
 
 
 def test_ignored_paths_cause_no_reload(tmp_path, serve):

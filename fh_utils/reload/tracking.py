@@ -6,10 +6,10 @@ source: a stale `.pyc` never runs), records what the module changes outside its 
 (`fh_utils.reload.effects`) and, while it executes, every project module it imports: `import x`,
 `from x import y`, `importlib.import_module`, and imports made by code it calls at import time.
 
-`activate(graph)` also wraps `open`, `io.open`, `os.open`, `os.listdir` and `os.scandir`: files
-under the roots opened for reading and directories listed while a module executes (or a
-`no_reload_cache` function computes) are what it read. `track_environ` does the same for
-environment variables.
+`activate(graph)` also wraps `open`, `io.open`, `os.open`, `os.listdir` and `os.scandir` (and
+the copy of `os.scandir` that Python 3.13's `pathlib` globs with): files under the roots opened
+for reading and directories listed while a module executes (or a `no_reload_cache` function
+computes) are what it read. `track_environ` does the same for environment variables.
 """
 
 from __future__ import annotations
@@ -350,6 +350,17 @@ def activate(graph: ModuleGraph) -> None:
         os.open = _wrap_os_open(_saved["os_open"])
         os.listdir = _wrap_listing(_saved["listdir"])
         os.scandir = _wrap_listing(_saved["scandir"])
+        _globber_scandir(os.scandir)
+
+
+def _globber_scandir(scandir: Callable[..., Any]) -> None:
+    """Python 3.13's `pathlib.Path.glob` lists directories through `glob._StringGlobber`, whose
+    `scandir = staticmethod(os.scandir)` took `os.scandir` when `glob` was imported (by
+    `pathlib`, long before `activate`): the wrapper is put there too, and the original back."""
+    globber = getattr(sys.modules.get("glob"), "_StringGlobber", None)
+    held = getattr(globber, "__dict__", {}).get("scandir")
+    if isinstance(held, staticmethod) and held.__func__ in (_saved["scandir"], os.scandir):
+        globber.scandir = staticmethod(scandir)  # type: ignore[union-attr]
 
 
 def deactivate(graph: ModuleGraph) -> None:
@@ -360,6 +371,7 @@ def deactivate(graph: ModuleGraph) -> None:
             builtins.open = io.open = _saved["open"]
             os.open = _saved["os_open"]
             os.listdir = _saved["listdir"]
+            _globber_scandir(_saved["scandir"])  # while os.scandir is still the wrapper
             os.scandir = _saved["scandir"]
             _saved.clear()
     track_environ(False)
