@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import httpx
@@ -190,3 +191,20 @@ def test_port_in_use_exits_with_one_line(tmp_path, serve):
     assert second.proc.wait(timeout=30) != 0
     assert "address already in use" in second.log.lower()  # uvicorn's own message
     assert "Traceback" not in second.log
+
+
+def test_restarted_worker_gets_its_event_loop_from_either_uvicorn():
+    """uvicorn 0.36 hands over a loop factory; older releases set the event loop policy."""
+    config = uvicorn.Config(lambda: None, loop="asyncio")
+    factory = processes._loop_factory(config)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert runner.run(asyncio.sleep(0, "ran")) == "ran"
+
+    calls: list[str] = []
+
+    class OldConfig:  # uvicorn < 0.36: no get_loop_factory
+        def setup_event_loop(self) -> None:
+            calls.append("policy set")
+
+    assert processes._loop_factory(OldConfig()) is None
+    assert calls == ["policy set"]
