@@ -497,7 +497,8 @@ def _route_path(scope: Scope) -> str:
 def _display(scope: Scope) -> str:
     """The request's path and query, as the browser sent them."""
     path = scope.get("raw_path")
-    text = path.decode("latin-1") if path else scope.get("root_path", "") + scope.get("path", "")
+    text: str = (path.decode("latin-1") if path
+                 else scope.get("root_path", "") + scope.get("path", ""))
     query = scope.get("query_string", b"")
     return f"{text}?{query.decode('latin-1')}" if query else text
 

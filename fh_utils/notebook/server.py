@@ -123,7 +123,7 @@ class NotebookServer:
             self._sock.close()
 
     async def _entry(self, scope: Any, receive: Any, send: Any) -> None:
-        app = self._with_live if self.live else self.switch
+        app: LiveReloadMiddleware | Switch = self._with_live if self.live else self.switch
         await app(scope, receive, send)
 
     async def _startup(self) -> None:
