@@ -237,8 +237,9 @@ def run(ctx: click.Context, /, **values: Any) -> None:
     kwargs["log_level"] = kwargs.get("log_level")
     from fh_utils.serve.production import run_production
 
-    run_production(target, workers=values["workers"],
-                   timeout_worker_healthcheck=values["timeout_worker_healthcheck"], **kwargs)
+    if "timeout_worker_healthcheck" in values:  # an option of uvicorn 0.37 and later only
+        kwargs["timeout_worker_healthcheck"] = values["timeout_worker_healthcheck"]
+    run_production(target, workers=values["workers"], **kwargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

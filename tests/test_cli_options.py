@@ -131,6 +131,9 @@ def test_run_maps_to_uvicorn_with_an_import_string(tmp_path, monkeypatch, captur
     target, kwargs = captured["run"]
     assert target.label == "pkg.app:app" and target.app_dir == tmp_path / "src"
     assert kwargs["workers"] == 3 and kwargs["root_path"] == "/r"
+    healthcheck = any(p.name == "timeout_worker_healthcheck"  # uvicorn 0.37 and later
+                      for p in sys.modules["uvicorn.main"].main.params)
+    assert ("timeout_worker_healthcheck" in kwargs) == healthcheck
 
 
 def test_run_serves_with_two_workers(tmp_path, serve):
