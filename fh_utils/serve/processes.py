@@ -148,6 +148,9 @@ def uvicorn_log_config(level: str | None) -> dict[str, Any]:
     return config
 
 
+STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup fails
+
+
 def run_dev(options: DevOptions) -> None:
     """Serve the app until Ctrl+C: reloading in place (`fast`), restarting (`full`) or not."""
     settings = dict(options.uvicorn)
@@ -184,6 +187,10 @@ def run_dev(options: DevOptions) -> None:
             _become_supervisor(session.zygote)
         if session.zygote is not None:
             session.zygote.stop()
+    if not server.started and not server.interrupted:
+        # uvicorn 0.50 exits with this code itself when the startup fails; older releases
+        # return from Server.run and leave it to uvicorn.run, which this does not use.
+        sys.exit(STARTUP_FAILURE)
 
 
 def worker_main(start: Any, link: socket.socket | None, zygote_sock: socket.socket,
