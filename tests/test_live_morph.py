@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import starlette
 from playwright.sync_api import Page, WebSocketRoute
 
 from fh_utils.browser.live import LIVE_PATH
@@ -286,4 +287,8 @@ def test_head_and_range_on_a_real_server(project: Path, serve):
     assert head.headers["content-length"] == get.headers["content-length"] == str(
         len(get.content))
     ranged = server.client.get("/index.html", headers={"range": "bytes=0-8"})
-    assert (ranged.status_code, ranged.text) == (206, "<!doctype")
+    if tuple(int(n) for n in starlette.__version__.split(".")[:2]) < (0, 39):
+        # Starlette's FileResponse serves ranges from 0.39 on: before, the whole page.
+        assert (ranged.status_code, ranged.text) == (200, get.text)
+    else:
+        assert (ranged.status_code, ranged.text) == (206, "<!doctype")
