@@ -10,6 +10,7 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
+from fh_utils.adapters import uvicorn as uvicorn_adapter
 from fh_utils.cli import main
 from fh_utils.serve import processes, production, session
 from tests.conftest import wait_until, write
@@ -199,7 +200,7 @@ def test_port_in_use_exits_with_one_line(tmp_path, serve):
 def test_restarted_worker_gets_its_event_loop_from_either_uvicorn():
     """uvicorn 0.36 hands over a loop factory; older releases set the event loop policy."""
     config = uvicorn.Config(lambda: None, loop="asyncio")
-    factory = processes._loop_factory(config)
+    factory = uvicorn_adapter.loop_factory(config)
     with asyncio.Runner(loop_factory=factory) as runner:
         assert runner.run(asyncio.sleep(0, "ran")) == "ran"
 
@@ -209,5 +210,5 @@ def test_restarted_worker_gets_its_event_loop_from_either_uvicorn():
         def setup_event_loop(self) -> None:
             calls.append("policy set")
 
-    assert processes._loop_factory(OldConfig()) is None
+    assert uvicorn_adapter.loop_factory(OldConfig()) is None
     assert calls == ["policy set"]

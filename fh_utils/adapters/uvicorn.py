@@ -5,7 +5,9 @@
 - `Server._captured_signals`, the signals a server was asked to stop by (re-raised when it
   has stopped);
 - `Server.server_state.connections` and `Server.servers`: the open connections and the
-  listening servers, for a worker that steps down while a newer one takes the socket.
+  listening servers, for a worker that steps down while a newer one takes the socket;
+- the event loop a config runs (`Config.get_loop_factory` from uvicorn 0.36, the event loop
+  policy `Config.setup_event_loop` sets before).
 
 Each is checked by shape on first use; `check()` checks them all (the tests call it).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -24,14 +26,14 @@ from uvicorn.server import HANDLED_SIGNALS
 from fh_utils.adapters import IncompatibleVersion
 
 __all__ = ["HANDLED_SIGNALS", "VERSION", "captured_signals", "check", "command",
-           "connections", "listeners"]
+           "connections", "listeners", "loop_factory"]
 
 VERSION: str = uvicorn.__version__
 
 # The options of `uvicorn` that fh_utils defines differently or refers to by name.
 _NEEDED_OPTIONS = {"host", "port", "headers", "factory", "log_level", "workers",
                    "reload_dirs", "reload_includes", "reload_excludes", "reload_delay",
-                   "timeout_worker_healthcheck", "env_file", "interface", "lifespan"}
+                   "env_file", "interface", "lifespan"}
 
 
 def command() -> click.Command:
@@ -71,6 +73,21 @@ def listeners(server: uvicorn.Server) -> list[asyncio.AbstractServer]:
     if not isinstance(found, list):
         raise IncompatibleVersion("uvicorn", VERSION, "Server.servers (a list)")
     return found
+
+
+def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop uvicorn would run (uvloop where `--loop auto` finds it): uvicorn 0.36 made
+    that a loop factory; before, `setup_event_loop` set the event loop policy instead (None)."""
+    get_loop_factory = getattr(config, "get_loop_factory", None)
+    if get_loop_factory is not None:
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = get_loop_factory()
+        return factory
+    setup = getattr(config, "setup_event_loop", None)
+    if setup is None:
+        raise IncompatibleVersion("uvicorn", VERSION,
+                                  "Config.get_loop_factory (or, before 0.36, setup_event_loop)")
+    setup()
+    return None
 
 
 def check() -> None:

@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -217,24 +216,13 @@ def worker_main(start: Any, link: socket.socket | None, zygote_sock: socket.sock
         await server.serve(sockets=[listener])
 
     try:
-        with asyncio.Runner(loop_factory=_loop_factory(config)) as runner:
+        with asyncio.Runner(loop_factory=uvicorn_adapter.loop_factory(config)) as runner:
             runner.run(main())
     except KeyboardInterrupt:
         pass
     if session.retiring:  # replaced: its clean-ups run now (the zygote ends it with _exit)
         session.reloader.exit()
     return 0
-
-
-def _loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop uvicorn would run (uvloop where `--loop auto` finds it). uvicorn 0.36 made
-    that a loop factory; before, `setup_event_loop` set the event loop policy instead."""
-    get_loop_factory = getattr(config, "get_loop_factory", None)
-    if get_loop_factory is not None:
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = get_loop_factory()
-        return factory
-    config.setup_event_loop()  # uvicorn < 0.36
-    return None
 
 
 def _exit_with(sock: socket.socket, server: uvicorn.Server) -> None:
