@@ -98,7 +98,7 @@ def command_lines() -> list[tuple[str, str]]:
                 line = line.removeprefix("$ ")
                 for part in line.split("&&"):
                     part = part.split(" #")[0].strip()
-                    if re.match(r"(python3? -m )?fh_utils ", part):
+                    if re.match(r"(\S*python3? -m )?fh_utils ", part):
                         found.append((path.name, part))
     return found
 
