@@ -87,3 +87,44 @@ def test_a_thread_an_installed_package_starts_for_project_code_is_the_projects(
     save(server, tmp_path / "ticker.py", TICKER.format(version=2))
     assert_matches_cold(server, tmp_path)
     assert server.get().json() == [2, 1]
+
+
+LAZY_CLIENT_APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+_client = None
+
+def client():
+    global _client
+    if _client is None:  # made on first use, from a module imported then
+        from clients import Client
+        _client = Client()
+    return _client
+
+def home(request):
+    return JSONResponse(client().base)
+
+app = Starlette(routes=[Route("/", home)])
+"""
+
+CLIENTS = """
+BASE = "{base}"
+
+class Client:
+    def __init__(self):
+        self.base = BASE
+"""
+
+
+def test_an_import_made_at_request_time_is_a_dependency(tmp_path, serve):
+    """A client made lazily in a handler, from a module imported there: editing that module
+    runs the handler's module again, as a cold start would start without the old client."""
+    write(tmp_path / "clients.py", CLIENTS.format(base="v1"))
+    write(tmp_path / "app.py", LAZY_CLIENT_APP)
+    server = serve("app.py")
+    assert server.get().json() == "v1"
+    save(server, tmp_path / "clients.py", CLIENTS.format(base="v2"))
+    assert_matches_cold(server, tmp_path)
+    assert server.get().json() == "v2"

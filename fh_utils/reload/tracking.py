@@ -250,8 +250,14 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
         fromlist: Sequence[str] = (), level: int = 0,
     ) -> Any:
         importer = graph.executing()
-        if importer is None:  # another thread, while a project module runs
-            return original(name, globals, locals, fromlist, level)
+        if importer is None:  # at request time, or in another thread
+            module = original(name, globals, locals, fromlist, level)
+            caller = globals.get("__name__") if isinstance(globals, dict) else None
+            if caller is not None and graph.is_project_module(caller):
+                # A handler's (or a lazily made client's) import is a dependency as much as
+                # one made at import time: an edit of what it imports runs it again.
+                _record(graph, caller, module, name, fromlist)
+            return module
         absolute = _absolute(name, globals, level)
         if graph.stale and absolute:
             _run_stale(graph, absolute, fromlist)
@@ -260,18 +266,23 @@ def _make_import(original: Callable[..., Any], graph: ModuleGraph) -> Callable[.
         else:
             with effects.detached():  # what importing a module does is that module's
                 module = original(name, globals, locals, fromlist, level)
-        if fromlist:
-            base = module.__name__
-            graph.record_imports(importer, [base, *(f"{base}.{item}" for item in fromlist
-                                                    if isinstance(item, str))])
-        elif "." not in name:
-            graph.record_import(importer, name)
-        else:
-            parts = name.split(".")
-            graph.record_imports(importer, [".".join(parts[: i + 1]) for i in range(len(parts))])
+        _record(graph, importer, module, name, fromlist)
         return module
 
     return __import__
+
+
+def _record(graph: ModuleGraph, importer: str, module: Any, name: str,
+            fromlist: Sequence[str] | None) -> None:
+    if fromlist:
+        base = module.__name__
+        graph.record_imports(importer, [base, *(f"{base}.{item}" for item in fromlist
+                                                if isinstance(item, str))])
+    elif "." not in name:
+        graph.record_import(importer, name)
+    else:
+        parts = name.split(".")
+        graph.record_imports(importer, [".".join(parts[: i + 1]) for i in range(len(parts))])
 
 
 def _run_stale(graph: ModuleGraph, name: str, fromlist: Sequence[str] | None) -> None:
@@ -320,6 +331,9 @@ def _make_import_module(original: Callable[..., Any], graph: ModuleGraph) -> Cal
             with effects.detached():
                 module = original(name, package)
         importer = graph.executing()
+        if importer is None:  # at request time: the caller's module, if the project's
+            caller = sys._getframe(1).f_globals.get("__name__")
+            importer = caller if caller and graph.is_project_module(caller) else None
         if importer is not None:
             graph.record_imports(importer, (module.__name__,))
         return module
@@ -342,6 +356,8 @@ def activate(graph: ModuleGraph) -> None:
     `id()` call is one), which cost about 5% of the requests per second of a small page.
     """
     global _active
+    if _active is not graph:  # from now on imports made at request time are recorded too
+        _ImportHooks.enter(graph)
     _active = graph
     if not _saved:
         _saved.update(open=builtins.open, os_open=os.open, listdir=os.listdir,
@@ -367,6 +383,7 @@ def deactivate(graph: ModuleGraph) -> None:
     global _active
     if _active is graph:
         _active = None
+        _ImportHooks.exit()
         if _saved:
             builtins.open = io.open = _saved["open"]
             os.open = _saved["os_open"]
