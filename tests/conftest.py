@@ -139,11 +139,18 @@ class DevServer:
     def wait_text(self, text: str, path: str = "/", timeout: float = RELOAD_TIMEOUT) -> str:
         """Poll `path` until its body contains `text`; returns the body."""
 
+        last: list[str] = []
+
         def check() -> str | None:
             body = self.get(path).text
+            last[:] = [body]
             return body if text in body else None
 
-        return wait_until(check, timeout, f"{text!r} at {path}")  # type: ignore[return-value]
+        def what() -> str:  # on a timeout: what was served instead, and the server's log
+            served = last[0][:500] if last else "nothing"
+            return f"{text!r} at {path}; served: {served!r}\nserver log:\n{self.log[-4000:]}"
+
+        return wait_until(check, timeout, what)  # type: ignore[return-value]
 
     def wait_log(self, text: str, count: int = 1, timeout: float = RELOAD_TIMEOUT) -> str:
         wait_until(lambda: self.log.count(text) >= count, timeout,
