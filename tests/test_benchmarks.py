@@ -6,9 +6,13 @@ reported. `--quick` uses the light fixture, so neither numpy nor pandas is neede
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +24,37 @@ ROOT = Path(__file__).resolve().parent.parent
 def quick_run(tmp_path: Path, *args: str, timeout: float) -> tuple[dict[str, Any], str]:
     """`python -m benchmarks --quick ARGS`: its JSON results and its stdout (the table)."""
     out = tmp_path / "bench.json"
-    result = subprocess.run(
+    # A session of its own: whatever it leaves running (a server it started, uvicorn's reload
+    # workers, the load generator) is ended with it, also when it overruns the timeout.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks", "--quick", *args, "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(out.read_text()), result.stdout
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        _end_group(proc)
+    assert proc.returncode == 0, stderr[-4000:]
+    return json.loads(out.read_text()), stdout
+
+
+def _end_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to the benchmark's process group, SIGKILL to what is left after 5 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone of the group still there?
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def test_light_fixture_needs_only_the_standard_library_and_every_edit_hits_one_marker(tmp_path):
