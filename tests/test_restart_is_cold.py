@@ -61,20 +61,6 @@ def test_a_replaced_worker_runs_atexit_and_cleanups_exactly_once(tmp_path, serve
     assert server.get().text == "poller p3"
 
 
-def zygote_of(server, directory: Path) -> int | None:
-    """The first server's child process: the zygote (workers are the zygote's children)."""
-    from tests.test_shutdown import session_pids
-
-    for pid in session_pids(directory):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == server.proc.pid:
-            return pid
-    return None
-
-
 def test_a_restarted_worker_starts_from_the_start_up_sys_path(tmp_path, serve):
     """The project grows sys.path as it runs; a fresh worker grows it again, from the path a
     cold start begins with, not from the one the first process had grown."""
@@ -91,28 +77,3 @@ def test_a_restarted_worker_starts_from_the_start_up_sys_path(tmp_path, serve):
     server.wait_log("by restarting the worker")
     assert server.get().text == "p2 1"
 
-
-def test_a_package_that_starts_a_native_thread_is_not_kept_in_the_zygote(
-        tmp_path, tmp_path_factory, serve):
-    """Forking copies only the forking thread: a zygote holding a package whose import
-    started a native thread (here faulthandler's watchdog, a C thread Python's threading does
-    not list) would fork workers with that package's state half-owned by a thread that is
-    gone. The zygote leaves such a package to the workers and starts again without it."""
-    site = tmp_path_factory.mktemp("site")
-    write(site / "aaa_watchdog" / "__init__.py",
-          "import faulthandler\nfaulthandler.dump_traceback_later(3600)\n")
-    write(tmp_path / "app.py", "import aaa_watchdog  # noqa: F401\nimport pydantic_core  # noqa: "
-          "F401\n" + POLLER_APP.replace("import poller\n", "").replace(
-              '"poller " + poller.VERSION', '"ok"'))
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    server = serve("app.py", env={"PYTHONPATH": path})
-    assert server.get().text == "ok"
-
-    def preloaded() -> int | None:
-        pid = zygote_of(server, tmp_path)
-        if pid is None or "pydantic_core" not in Path(f"/proc/{pid}/maps").read_text():
-            return None
-        return pid
-
-    pid = wait_until(preloaded, RELOAD_TIMEOUT, "the zygote's preload")
-    assert len(os.listdir(f"/proc/{pid}/task")) == 1  # no thread but its own

@@ -149,7 +149,7 @@ class _OwnersWritten(Exception):
 
 # A batch that writes into modules outside it runs again with them, at most this many times
 # (each time with more of the project); then the project is re-imported.
-_WIDENINGS = 3
+_WIDENINGS = 2
 
 
 class _Unfaithful(Exception):
@@ -401,9 +401,12 @@ class Reloader:
         self._batch = batch
         keeper = batch.keeper
         in_batch = set(plan.order)
+        # A thread of the project's that is running writes whenever it likes: a change it
+        # made meanwhile would look like the batch's. While one runs, no owner is looked for.
+        threads = any(r.alive_threads() for r in self._records.values())
         outside = Fingerprints(
-            (sys.modules[n] for n in self.graph.modules()
-             if n in sys.modules and n not in in_batch),
+            () if threads else (sys.modules[n] for n in self.graph.modules()
+                                if n in sys.modules and n not in in_batch),
             lambda cls: self.graph.is_project_module(getattr(cls, "__module__", "")))
         try:
             batch.apply_env()
@@ -426,11 +429,8 @@ class Reloader:
             batch.app = self._resolve_app(fresh=fresh or self.app is None)
             batch.escalation = _unexpressible(batch.done)
         except BaseException as exc:
-            # A failure after a write into an owner may be that owner's stale state (a
-            # registry refusing a second definition): run again with the owners first.
-            batch.owners_written = outside.written()
-            if batch.owners_written and not isinstance(exc, _Unfaithful):
-                return batch
+            # A failure is judged as before (a fresh process says whether a cold start hits
+            # it too, `fh_utils.serve.escalation`), not by running again with more modules.
             self._roll_back(batch, exc)
         return batch
 

@@ -302,14 +302,14 @@ class _Zygote:
 
             with contextlib.suppress(Exception):
                 EnvFile(env_file).load()
-        threads = _threads()
+        threads = threading.active_count()
         for name in modules:
             if name in sys.modules or name in self.excluded:
                 continue
             self._poll(0)  # a fork request does not wait for the preload
             with contextlib.suppress(BaseException):  # SystemExit at import, too
                 importlib.import_module(name)
-            if _threads() > threads:
+            if threading.active_count() > threads:
                 # Forking now could copy a lock that thread holds: stop here, and start over
                 # fresh without that module if no worker depends on this process yet.
                 self.excluded.add(name)
@@ -348,15 +348,6 @@ class _Zygote:
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if done:
                     del self.children[pid]
-
-
-def _threads() -> int:
-    """This process's threads, native ones too (a C library's watchdog, a BLAS pool), where
-    the system tells (Linux's /proc); elsewhere the ones Python started."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
 
 
 def _supervise(control: socket.socket, pid: int) -> None:
