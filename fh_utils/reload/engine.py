@@ -139,14 +139,6 @@ class _ModuleFailed(Exception):
         self.error = error
 
 
-class _OwnersWritten(Exception):
-    """The batch wrote into the state of project modules outside it: `owners`."""
-
-    def __init__(self, owners: list[str]) -> None:
-        super().__init__(", ".join(owners))
-        self.owners = owners
-
-
 # A batch that writes into modules outside it runs again with them, at most this many times
 # (each time with more of the project); then the project is re-imported.
 _WIDENINGS = 2
