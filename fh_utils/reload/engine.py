@@ -246,10 +246,12 @@ class Reloader:
         what the app's process would run at its end, once: every pinned value's `cleanup`,
         every `on_reload` callback, then the `atexit` callbacks (a replaced worker leaves
         through `os._exit` or `exec`, which skip them)."""
-        try:
-            cache_engine.release_all()
-        finally:
-            atexit._run_exitfuncs()  # CPython's own exit step; it clears what it ran
+        # atexit._run_exitfuncs is CPython's own exit step; it clears what it ran.
+        for step in (cache_engine.release_all, atexit._run_exitfuncs):
+            try:
+                step()
+            except BaseException:  # the process ends all the same: say why, go on
+                logger.exception("A clean-up of the replaced worker failed")
 
     def loaded_packages(self) -> list[str]:
         """Top-level names of the modules loaded that are not the project's (to preload)."""
