@@ -4,7 +4,9 @@ Project modules (source files under the watched roots) are loaded by `ProjectLoa
 runs the source on disk (its cached bytecode only when that was certainly compiled from this
 source: a stale `.pyc` never runs), records what the module changes outside its namespace
 (`fh_utils.reload.effects`) and, while it executes, every project module it imports: `import x`,
-`from x import y`, `importlib.import_module`, and imports made by code it calls at import time.
+`from x import y`, `importlib.import_module`, and imports made by code it calls at import time;
+from `activate` on, imports that project code makes at request time (a handler's, a lazily made
+client's) are recorded as the calling module's too.
 
 `activate(graph)` also wraps `open`, `io.open`, `os.open`, `os.listdir` and `os.scandir` (and
 the copy of `os.scandir` that Python 3.13's `pathlib` globs with): files under the roots opened
@@ -214,11 +216,13 @@ class ProjectFinder(importlib.abc.MetaPathFinder):
 
 
 class _ImportHooks:
-    """Wraps `__import__` and `importlib.import_module` while project module code runs.
+    """Wraps `__import__` and `importlib.import_module` while project module code runs, and
+    from `activate` on (imports made at request time by project code count too).
 
     Imports answered from `sys.modules` never reach a finder or loader, so the only way to see
-    `from helpers import CONST` in the second module that imports helpers is at the call.
-    The wrappers stay in place only while a project module executes (nesting counted).
+    `from helpers import CONST` in the second module that imports helpers is at the call. While
+    a batch runs, an import of one of its stale modules runs that module first (`graph.stale`).
+    Entering is counted (nesting); the wrappers go when the count is back to zero.
     """
 
     _depth = 0
