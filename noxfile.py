@@ -72,6 +72,9 @@ def _step(session: nox.Session, what: str, *args: str, **kwargs: object) -> None
 
 def _check(session: nox.Session, *resolution: str) -> None:
     start = time.monotonic()
+    for tool in ("MYPY", "RUFF"):  # caches in the venv: a fresh venv checks from scratch
+        session.env[f"{tool}_CACHE_DIR"] = os.path.join(
+            session.virtualenv.location, f".{tool.lower()}_cache")
     _step(session, "install", "uv", "pip", "install", *resolution, "-e", ".[test]")
     session.run("python", "-VV")
     session.run("uv", "pip", "list", "--format", "freeze")
