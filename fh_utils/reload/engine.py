@@ -410,7 +410,7 @@ class Reloader:
                 batch.remove_module(name)
             if plan.removed:
                 importlib.invalidate_caches()
-            imported_before = self._imported_by(plan.order)
+            imported_before = self.graph.imported_by(plan.order)
             with keeper.active():
                 self._run_in_import_order(batch)
                 if plan.needs_import:
@@ -463,24 +463,19 @@ class Reloader:
         _reattach_submodules(module, snapshot)
         batch.outcome.reran.append(name)
 
-    def _imported_by(self, names: Iterable[str]) -> set[str]:
-        with self.graph._lock:
-            return {m for name in names for m in self.graph.imports.get(name, ())}
-
     def _drop_unimported(self, batch: Batch, candidates: set[str]) -> None:
         """A project module that the batch's modules imported before, and that no module
         imports now, leaves `sys.modules` (and its package): a cold start never loads it.
         What it alone imported follows it."""
         graph = self.graph
         while candidates:
-            with graph._lock:
-                imported = {m for deps in graph.imports.values() for m in deps}
+            imported = graph.imported()
             gone = sorted(name for name in candidates
                           if name in sys.modules and name not in imported
                           and name != self.target.module and graph.is_project_module(name))
             if not gone:
                 return
-            candidates = self._imported_by(gone)
+            candidates = graph.imported_by(gone)
             for name in gone:
                 logger.debug("%s is no longer imported by the project: unloaded", name)
                 batch.remove_module(name)

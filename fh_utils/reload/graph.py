@@ -397,6 +397,16 @@ class ModuleGraph:
                 self.reads.setdefault(name, set()).update(read)
 
     # -- what to re-execute, in which order --------------------------------------------------
+    def imported_by(self, names: Iterable[str]) -> set[str]:
+        """The project modules that `names` imported (in their last runs)."""
+        with self._lock:
+            return {m for name in names for m in self.imports.get(name, ())}
+
+    def imported(self) -> set[str]:
+        """Every project module that some project module imports."""
+        with self._lock:
+            return {m for deps in self.imports.values() for m in deps}
+
     def dependents(self, names: Iterable[str]) -> set[str]:
         """`names` plus every project module that imports one of them, transitively.
 
