@@ -5,19 +5,8 @@ Each test saves the writer, then compares with `fh_utils run` on the same tree."
 from __future__ import annotations
 
 from tests.conftest import write
+from tests.test_cold_order import STARLETTE_APP as APP
 from tests.test_faithful import assert_matches_cold, save
-
-APP = """
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-{imports}
-
-def home(request):
-    return JSONResponse({body})
-
-app = Starlette(routes=[Route("/", home)])
-"""
 
 HANDLERS = """
 from registry import HANDLERS

@@ -226,23 +226,13 @@ def many_open_files() -> Iterator[None]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the doorbell is Linux's inotify")
-def test_a_doorbell_numbered_above_1024_still_rings(tmp_path, many_open_files):
-    """select() raises ValueError for a descriptor of 1024 or more; the watcher must not."""
-    reports: Reports = queue.Queue()
-    stop = threading.Event()
-    watcher = Watcher([tmp_path], keep=lambda change, path: True, ignore=lambda path: False,
-                      report=reports.put, stop=stop)
-    thread = threading.Thread(target=watcher.run, daemon=True)
-    thread.start()
-    try:
-        assert watcher.ready.wait(10)
-        probe = os.open(os.devnull, os.O_RDONLY)  # the next free number, at least
-        os.close(probe)
-        assert probe >= 1024
-        saved = tmp_path / "mod.py"
-        saved.write_text("x = 1\n")
-        assert str(saved) in paths(reports, {saved})
-    finally:
-        watcher.close()
-        thread.join(5)
-    assert not thread.is_alive()
+def test_a_doorbell_numbered_above_1024_still_rings(tmp_path, many_open_files, watched):
+    """select() raises ValueError for a descriptor of 1024 or more; the watcher must not
+    (`many_open_files` is set up before `watched` starts the watcher)."""
+    reports, _ = watched
+    probe = os.open(os.devnull, os.O_RDONLY)  # the next free number, at least
+    os.close(probe)
+    assert probe >= 1024
+    saved = tmp_path / "mod.py"
+    saved.write_text("x = 1\n")
+    assert str(saved) in paths(reports, {saved})
