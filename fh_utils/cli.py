@@ -26,8 +26,8 @@ _UVICORN: click.Command = uvicorn_adapter.command()  # the `uvicorn` command its
 # uvicorn options fh_utils defines itself, or that the commands below never take.
 _NOT_COPIED = {"app", "reload", "version", "factory", "port"}
 _RELOAD_OPTIONS = ("reload_dirs", "reload_includes", "reload_excludes", "reload_delay")
-_DEV_ONLY = ("escalate", "keep_connections", "timeout_lifespan", "allowed_hosts", "live_morph",
-             "editor")
+_DEV_ONLY = ("escalate", "verify", "keep_connections", "timeout_lifespan", "allowed_hosts",
+             "live_morph", "editor")
 
 # Options that exist on a command but cannot apply there: refused with the reason.
 DEV_REFUSED = {
@@ -174,6 +174,11 @@ def main() -> None:
 @click.option("--escalate/--no-escalate", default=True, envvar=_env("escalate"),
               help="When a reload in place cannot serve what a fresh start would, re-import "
               "the project or restart the worker process by itself.")
+@click.option("--verify/--no-verify", default=None, envvar=_env("verify"),
+              help="After each reload in place, start the edited project in a fresh worker "
+              "in the background and compare; if it serves something else, it takes over. "
+              "Default: on, unless a fresh start takes over 2 s (a model loaded at import); "
+              "--verify checks even then.  [default: on]")
 @click.option("--keep-connections/--no-keep-connections", default=False,
               envvar=_env("keep_connections"),
               help="Leave the previous app's WebSockets and streams open after a reload "
@@ -214,6 +219,7 @@ def dev(ctx: click.Context, /, **values: Any) -> None:
             reload_excludes=list(values["reload_excludes"]),
             reload_delay=values["reload_delay"],
             escalate=values["escalate"],
+            verify=values["verify"],
             keep_connections=values["keep_connections"],
             timeout_lifespan=values["timeout_lifespan"],
             allowed_hosts=list(values["allowed_hosts"]),

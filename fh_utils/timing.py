@@ -23,6 +23,9 @@ CLOCK_SLACK = 0.05  # file times come from the kernel's coarse clock, a tick beh
 
 # -- the switch (fh_utils.serve.switch): waits on the user's app -------------------------------
 LIFESPAN = 30.0  # one lifespan startup or shutdown (--timeout-lifespan)
+# A new app's lifespan startup while requests wait for a reload in place, at most: a slower one
+# is cancelled, the previous app serves on, and a fresh worker starts the new one (a restart).
+LIFESPAN_IN_PLACE = 1.0
 DRAIN = 3.0  # running requests finishing before a reload runs anyway (streams are not waited on)
 RETIRE = 10.0  # a retired app's remaining requests, before its lifespan shutdown
 THREAD_STOP = 1.0  # a thread stopped by on_reload ending before its module re-runs
@@ -32,6 +35,16 @@ CANDIDATE = 120.0  # a new worker's import and start-up, at most (beyond its lif
 HAND_OVER_SETTLE = 0.2  # clients of open keep-alive connections coming back, at most
 STEP_DOWN_GRACE = 1.0  # a retired worker's connections finishing their request, at most
 WORKER_STOP = 1.0  # workers exiting when the session ends, before they are killed
+
+# -- the fresh-process check (fh_utils.serve.verify) -------------------------------------------
+# A project whose fresh start (import, lifespan, the slowest cached value) takes longer is not
+# checked unless --verify says so: the check would load a model again behind the user's back.
+VERIFY_SLOW = 2.0
+# Clients asking the hot app again for a page the fresh worker answered, after a reload: a
+# --live page does at once, a person reloads within seconds. The fresh worker waits meanwhile.
+VERIFY_ANSWERS = 10.0
+VERIFY_REQUEST = 5.0  # the fresh app answering one GET, at most
+VERIFY_DESCRIBE = 30.0  # the fresh worker describing its app and answering the GETs, at most
 
 # -- the notebook server (fh_utils.notebook) ---------------------------------------------------
 NOTEBOOK_START = 10.0  # the server thread answering, at most (the app's lifespan is not in it)

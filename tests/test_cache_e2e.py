@@ -95,7 +95,8 @@ def test_loader_in_app_py_survives_unrelated_edits_pins_and_callbacks(tmp_path, 
               source(APP_WITH_LOADER, runs, TEXT=text, **{**defaults, **changes}))
 
     write_app("v0")
-    server = serve("app.py")
+    # Counts this process's runs: the fresh-process check's worker would add its own.
+    server = serve("app.py", "--no-verify")
     first = fields(server.wait_text("v0 "))
     assert lines(runs) == ["exec", "load"]
     assert first["pinned"] == "first" and first["items"] == "1"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import types
 from typing import Any
 
-__all__ = ["same_code", "same_function"]
+__all__ = ["code_digest", "same_code", "same_function"]
 
 
 def same_code(a: types.CodeType, b: types.CodeType) -> bool:
@@ -44,6 +45,31 @@ def same_function(a: Any, b: Any) -> bool:
         and _same_value(a.__defaults__, b.__defaults__)
         and _same_value(a.__kwdefaults__, b.__kwdefaults__)
     )
+
+
+def code_digest(code: types.CodeType) -> str:
+    """A digest that is equal for code `same_code` finds the same, in any process (what a
+    fresh process compiled against what this one runs)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    _feed(digest, code)
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, types.CodeType):
+        for part in (value.co_code, value.co_names, value.co_varnames, value.co_freevars,
+                     value.co_cellvars, value.co_flags, value.co_argcount,
+                     value.co_posonlyargcount, value.co_kwonlyargcount, value.co_name):
+            digest.update(repr(part).encode())
+        for const in _consts(value):
+            _feed(digest, const)
+    elif isinstance(value, (tuple, frozenset)):
+        digest.update(f"{type(value).__name__}{len(value)}(".encode())
+        for item in (value if isinstance(value, tuple) else sorted(value, key=repr)):
+            _feed(digest, item)
+        digest.update(b")")
+    else:
+        digest.update(("L" if value is _LINE else repr(value)).encode())
 
 
 _LINE = object()

@@ -14,6 +14,7 @@ import functools
 import logging
 import sys
 import threading
+import time
 import types
 import weakref
 from collections import OrderedDict, namedtuple
@@ -46,6 +47,7 @@ _callbacks: dict[str, list[Callable[[], object]]] = {}
 # that FastHTML-style handlers that all share one name (`def get(): ...`) get separate entries.
 _occurrences: dict[str, _Execution] = {}
 _KWARGS = object()
+_slowest: tuple[float, str] = (0.0, "")  # the longest computation of a cached value: (s, name)
 _computing = threading.local()  # `entries`: the entries computing in this thread, innermost last
 
 
@@ -265,6 +267,11 @@ class Engine:
         logger.info("%s() read %s, which changed: cache cleared", version.fn.__qualname__, what)
         _run_cleanup(version, dropped)
 
+    def slowest(self) -> tuple[float, str]:
+        """The longest a cached value took to compute in this process, and whose it was:
+        what a fresh process would spend again."""
+        return _slowest
+
     def is_pinned(self, obj: object) -> bool:
         """Whether `obj` is the object a `@no_reload` pin hands back."""
         with _lock:
@@ -291,8 +298,9 @@ class Engine:
 
     def reset_for_tests(self) -> None:
         """Leave dev mode and forget every cached value, pinned object and callback."""
-        global _dev
+        global _dev, _slowest
         _dev = False
+        _slowest = (0.0, "")
         with _lock:
             _entries.clear()
             _pins.clear()
@@ -461,11 +469,13 @@ def _call(entry: _Entry, version: _Version, args: tuple[Any, ...], kwargs: dict[
     dropped: list[Any] = []
     try:
         _computing.__dict__.setdefault("entries", []).append(entry)
+        started = time.perf_counter()
         try:
             with effects.detached():  # what the value holds outlives the module's run
                 call.value = version.fn(*args, **kwargs)
         finally:
             _computing.entries.pop()
+            _note_duration(time.perf_counter() - started, version.fn)
     except BaseException as error:
         call.error = error
         raise
@@ -483,6 +493,12 @@ def _call(entry: _Entry, version: _Version, args: tuple[Any, ...], kwargs: dict[
         call.done.set()
     _run_cleanup(version, dropped)
     return call.value
+
+
+def _note_duration(seconds: float, fn: Callable[..., Any]) -> None:
+    global _slowest
+    if seconds > _slowest[0]:
+        _slowest = (seconds, f"{fn.__qualname__}()")
 
 
 def _make_key(args: tuple[Any, ...], kwargs: dict[str, Any], typed: bool) -> Hashable:

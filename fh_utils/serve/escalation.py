@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fh_utils.reload.engine import Batch, Outcome, Plan, Reloader
+from fh_utils.reload.engine import Batch, Escalation, Outcome, Plan, Reloader
 from fh_utils.reload.errors import Failure
 from fh_utils.reload.report import connections, short
 from fh_utils.serve.channel import Channel
-from fh_utils.serve.switch import LifespanFailed, Switch
+from fh_utils.serve.switch import LifespanFailed, LifespanSlow, Switch
+from fh_utils.serve.verify import Description, Get
 from fh_utils.serve.zygote import Zygote
-from fh_utils.timing import CANDIDATE
+from fh_utils.timing import CANDIDATE, LIFESPAN_IN_PLACE
 
 __all__ = ["GENUINE", "Candidate", "Ladder", "PendingRestart"]
 
@@ -67,10 +68,12 @@ class Ladder:
         self.zygote: Zygote | None = None
 
     async def run(self, plan: Plan) -> tuple[Outcome, PendingRestart | None]:
-        """In place first. If that cannot be faithful (a live thread, a class change it cannot
-        carry) or fails where a fresh process might not, the project is re-imported; if even
-        that cannot do it, a restart is pending (the caller hands over to the new worker). A
-        failure a fresh process hits too is reported as it is."""
+        """In place first (requests wait meanwhile: the caller holds the switch's pause). If
+        that cannot be faithful (a live thread, a class change it cannot carry, a lifespan
+        startup that keeps requests waiting), the project is re-imported; if even that cannot
+        do it, a restart is pending (the caller hands over to the new worker). A failure is
+        returned as it is: a fresh process judges it afterwards (`judge`), when
+        `judgeable`."""
         with held_warnings() as held:  # shown only if this tier is the one that serves
             async with self.switch.threads_held():
                 batch = self.reloader.run(plan)
@@ -80,21 +83,11 @@ class Ladder:
             batch.escalation = None
         failure = await self.finish(batch)
         outcome = batch.outcome
-        if batch.escalation is None and (
-            failure is None or not self.escalate or failure.kind in GENUINE
-        ):
-            held.show()
+        if batch.escalation is None:
+            if failure is None:
+                held.show()
             return outcome, None
-        candidate: Candidate | None = None
-        if failure is not None:  # a fresh process is the judge: does the tree load there?
-            candidate, cold = await self.candidate()
-            if candidate is None:
-                outcome.failure = cold or failure
-                return outcome, None
-            tier, cause = "re-import", short(failure.message or failure.kind)
-        else:
-            assert batch.escalation is not None
-            tier, cause = batch.escalation.tier, batch.escalation.cause
+        tier, cause = batch.escalation.tier, batch.escalation.cause
         if tier == "re-import":
             with held_warnings() as held:
                 async with self.switch.threads_held():
@@ -102,22 +95,64 @@ class Ladder:
             again = await self.finish(batch)
             if again is None and batch.escalation is None:
                 held.show()
-                if candidate is not None:
-                    await candidate.dismiss()
                 return batch.outcome, None
             if batch.escalation is not None:
                 cause = f"{cause}; then {batch.escalation.cause}"
+        outcome.failure = None
+        return outcome, PendingRestart(None, cause)
+
+    def judgeable(self, outcome: Outcome) -> bool:
+        """A failure that a fresh process might not hit (one run order, or state the previous
+        runs left, may have caused it): `judge` asks one."""
+        failure = outcome.failure
+        return (failure is not None and self.escalate and self.zygote is not None
+                and failure.kind not in GENUINE)
+
+    async def judge(self, plan: Plan, outcome: Outcome) -> tuple[Outcome, PendingRestart | None]:
+        """A fresh process loads the edited tree while the last good version serves (no
+        request waits on it). Where it fails too, its failure is the answer; where it loads,
+        the project is re-imported in place, or, if that fails as well, the fresh process
+        takes over."""
+        failure = outcome.failure
+        assert failure is not None
+        candidate, cold = await self.candidate()
+        if candidate is None:
+            outcome.failure = cold or failure
+            return outcome, None
+        cause = short(failure.message or failure.kind)
+        try:
+            async with self.switch.paused():
+                with held_warnings() as held:
+                    async with self.switch.threads_held():
+                        batch = self.reloader.reimport(plan, cause)
+                again = await self.finish(batch)
+        except BaseException:
+            await candidate.dismiss()
+            raise
+        if again is None and batch.escalation is None:
+            held.show()
+            await candidate.dismiss()
+            return batch.outcome, None
+        if batch.escalation is not None:
+            cause = f"{cause}; then {batch.escalation.cause}"
         outcome.failure = None
         return outcome, PendingRestart(candidate, cause)
 
     async def finish(self, batch: Batch) -> Failure | None:
         """Serve a successful batch and commit it; otherwise roll it back. Returns the failure
-        (None also when the batch needs a higher tier: `batch.escalation`)."""
+        (None also when the batch needs a higher tier: `batch.escalation`). A lifespan startup
+        that keeps requests waiting longer than `LIFESPAN_IN_PLACE` is cancelled and needs a
+        restart: the previous app serves, untouched, while a fresh worker starts the new one."""
         if batch.escalation is not None or batch.outcome.failure is not None or batch.app is None:
             batch.rollback()
             return batch.outcome.failure
+        budget = LIFESPAN_IN_PLACE if self.escalate and self.zygote is not None else None
         try:
-            generation = await self.switch.start(self.adapt(batch.app), self.newer)
+            generation = await self.switch.start(self.adapt(batch.app), self.newer, budget)
+        except LifespanSlow as exc:
+            batch.rollback()
+            batch.escalation = Escalation("restart", str(exc))
+            return None
         except LifespanFailed as exc:
             batch.rollback()
             batch.outcome.failure = exc.failure()
@@ -146,7 +181,11 @@ class Ladder:
             self.zygote = None
             return None, None
         candidate = Candidate(Channel(sock))
-        failure = await candidate.imported(CANDIDATE + 2 * self.timeout_lifespan)
+        try:
+            failure = await candidate.imported(CANDIDATE + 2 * self.timeout_lifespan)
+        except BaseException:  # cancelled (a newer save): it exits on its own
+            candidate.channel.close()
+            raise
         if failure is not None:
             await candidate.dismiss()
             return None, failure
@@ -173,6 +212,18 @@ class Candidate:
         if message[0] == "failed":
             return message[1] or Failure(None, None, "RestartFailed", "unknown failure", "")
         return None
+
+    async def describe(self, modules: list[str], requests: list[Get], timeout: float
+                       ) -> Description | None:
+        """Its app as the fresh-process check compares it (`fh_utils.serve.verify`), with its
+        answers to `requests`; None when it cannot say within `timeout`."""
+        await self.channel.send(("describe", modules, requests))
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self.channel.recv()
+        except TimeoutError:
+            return None
+        return message[1] if message and message[0] == "described" else None
 
     async def go(self, changes: set[Path]) -> None:
         """Serve from now on; `changes` were saved meanwhile, for it to apply."""

@@ -22,21 +22,34 @@ from fh_utils.browser.live import (
     editor_href,
     fasthtml_live,
 )
-from fh_utils.reload import effects
+from fh_utils.reload import effects, pinning
 from fh_utils.reload.engine import Outcome, Reloader
 from fh_utils.reload.errors import Failure
 from fh_utils.reload.report import log_reloaded, with_traceback
 from fh_utils.serve.channel import Channel
-from fh_utils.serve.escalation import Ladder, PendingRestart
+from fh_utils.serve.escalation import Candidate, Ladder, PendingRestart
 from fh_utils.serve.hosts import HostGuard
 from fh_utils.serve.interface import as_asgi3
 from fh_utils.serve.switch import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
+from fh_utils.serve.verify import (
+    Answer,
+    Description,
+    Get,
+    Recorder,
+    answer_twice,
+    describe,
+    differences,
+)
 from fh_utils.serve.zygote import Zygote
 from fh_utils.target import AppTarget
 from fh_utils.timing import (
     ATOMIC_SAVE_GRACE,
     CANDIDATE,
     HAND_OVER_SETTLE,
+    VERIFY_ANSWERS,
+    VERIFY_DESCRIBE,
+    VERIFY_REQUEST,
+    VERIFY_SLOW,
     WATCH_QUIET_MS,
     WATCH_STEP_MS,
     WATCHER_READY,
@@ -90,6 +103,8 @@ class DevOptions:
     editor: str | None = None  # opens files from the overlay (fh_utils.browser.editor)
     clear: bool = False
     escalate: bool = True  # re-import or restart when in place cannot be faithful
+    # Check reloads in place against a fresh process: None decides by what a fresh start costs.
+    verify: bool | None = None
     keep_connections: bool = False  # leave a retired app's WebSockets and streams open
     timeout_lifespan: float = 30.0
     allowed_hosts: Sequence[str] = ()  # Host headers allowed besides localhost and IPs
@@ -107,6 +122,10 @@ class DevOptions:
                          reload_dirs=self.reload_dirs)
 
 
+
+
+def _no_breakpoint(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 class DevSession:
@@ -162,6 +181,14 @@ class DevSession:
         self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host,
                               hint=options.host_hint)
         self._prepared = False  # a new worker: its app was loaded before uvicorn started
+        # The fresh-process check (fh_utils.serve.verify): one at a time, cancelled by a save.
+        self.load_seconds = 0.0  # the project's import and app start-up: a fresh start's cost
+        self._check: asyncio.Task[None] | None = None
+        self._applying = asyncio.Lock()  # a reload, or the check switching to its worker
+        self._told_unchecked = False
+        self._awaiting_worker = False  # a restart's new worker is starting: a save gives it up
+        if options.reload == "fast" and options.verify is not False:
+            self.switch.recorder = Recorder()
         self.ladder = Ladder(self.reloader, self.switch, self._adapt, self._newer,
                              escalate=options.escalate, timeout_lifespan=options.timeout_lifespan,
                              fork_start=options)
@@ -198,10 +225,9 @@ class DevSession:
         if outcome.failure is not None:
             await self._show_load_failure(outcome.failure)
         elif await self._serve_first(outcome):
-            logger.info(
-                "Loaded %s in %d ms", self.options.target.label,
-                (time.perf_counter() - started) * 1000,
-            )
+            self.load_seconds = time.perf_counter() - started
+            logger.info("Loaded %s in %d ms", self.options.target.label,
+                        self.load_seconds * 1000)
             self._preload()
             if not self.options.live and fasthtml_live(outcome.app):
                 logger.warning(
@@ -231,6 +257,7 @@ class DevSession:
         effects.install_task_factory(asyncio.get_running_loop())
         if self.options.reload == "fast":
             self._start_watching()  # changes saved from now on are not missed
+        started = time.perf_counter()
         outcome = self.reloader.start()
         generation: Generation | None = None
         failure = outcome.failure
@@ -242,8 +269,23 @@ class DevSession:
         if failure is not None or generation is None:
             await self.link.send(("failed", failure))
             return False
+        self.load_seconds = time.perf_counter() - started
         await self.link.send(("imported",))
         reply = await self.link.recv()
+        while reply and reply[0] == "describe":  # the fresh-process check asks
+            _, modules, requests = reply
+            fresh = describe(outcome.app, [sys.modules[m] for m in modules if m in sys.modules],
+                             self.reloader.graph.is_project_file)
+            # A replayed request never stops at a breakpoint(): the terminal is the hot
+            # server's, where the user may be debugging that very request.
+            hook, sys.breakpointhook = sys.breakpointhook, _no_breakpoint
+            try:
+                fresh.answers = await answer_twice(generation.app, generation.state, requests,
+                                                   VERIFY_REQUEST)
+            finally:
+                sys.breakpointhook = hook
+            await self.link.send(("described", fresh))
+            reply = await self.link.recv()
         if not reply or reply[0] != "go":
             await self.switch.discard(generation)
             return False
@@ -291,6 +333,7 @@ class DevSession:
     async def _shutdown(self) -> None:
         """Every step runs, even when one before it fails."""
         self._stop_watching()
+        self._cancel_check()
         steps: list[Callable[[], Awaitable[None]]] = []
         if self.live is not None:
             steps.append(self.live.close)
@@ -352,7 +395,7 @@ class DevSession:
     def _arrived(self, paths: set[Path]) -> None:
         self._changes.update(paths)
         self._changed.set()
-        if not self.switch.starting:
+        if not self.switch.starting and not self._awaiting_worker:
             return  # only a lifespan startup still pending needs to know (and is cancelled)
         try:
             if self.reloader.relevant(paths):
@@ -370,7 +413,8 @@ class DevSession:
             self._newer.clear()
             paths, self._changes = self._changes, set()
             try:
-                await self.apply(paths)
+                async with self._applying:
+                    await self.apply(paths)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -399,28 +443,38 @@ class DevSession:
                 return plan.outcome
         outcome = plan.outcome
         ran = plan.runnable  # (the plan's outcome keeps what a lower tier hit)
+        check: Description | None = None
+        reported: Failure | None = None
         if ran:
+            self._cancel_check()  # a newer save: its own reload is checked
             async with self.switch.paused():
                 outcome, restart = await self.ladder.run(plan)
+                if restart is None and outcome.failure is None and outcome.tier == "in place":
+                    check = self._hot_description(outcome)  # before any request runs
+            if self.ladder.judgeable(outcome):  # said at once; a fresh process then judges
+                assert outcome.failure is not None
+                reported = outcome.failure
+                self._clear_screen()
+                await self._report_failure(reported)
+                outcome, restart = await self.ladder.judge(plan, outcome)
             if restart is not None:  # the old worker serves until the new one is ready
                 outcome = await self._hand_over(restart, outcome)
-        if self.options.clear:
-            sys.stderr.write(CLEAR_SCREEN)
-            sys.stderr.flush()
+        if reported is None:
+            self._clear_screen()
         for note in outcome.notes:
             logger.warning(note)
-        if outcome.failure is not None:
-            failure = outcome.failure
-            if failure.kind.startswith("Lifespan"):
-                logger.error("Lifespan startup failed, the previous app keeps serving: %s",
-                             with_traceback(failure, summary=failure.message))
-            else:
-                logger.error("Reload failed: %s", with_traceback(failure))
-            await self._notify(lambda listener: listener.failed(failure))
+        if outcome.failure is not None and outcome.failure.kind == "Superseded":
+            logger.info("%s", outcome.failure.message)
+        elif outcome.failure is not None:
+            if reported is None or outcome.failure.summary != reported.summary:
+                await self._report_failure(outcome.failure)
         elif ran:
             log_reloaded(outcome, started)
             if not self.retiring:
                 await self._notify(lambda listener: listener.reloaded(outcome))
+            if check is not None and not self.retiring:
+                self._check = asyncio.get_running_loop().create_task(
+                    self._verify(outcome, check, time.monotonic()))
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
             logger.warning("Could not update in place: %s",
@@ -429,6 +483,138 @@ class DevSession:
         if static and not self.retiring:
             await self._notify(lambda listener: listener.static_changed(static))
         return outcome
+
+    def _clear_screen(self) -> None:
+        if self.options.clear:
+            sys.stderr.write(CLEAR_SCREEN)
+            sys.stderr.flush()
+
+    async def _report_failure(self, failure: Failure) -> None:
+        if failure.kind.startswith("Lifespan"):
+            logger.error("Lifespan startup failed, the previous app keeps serving: %s",
+                         with_traceback(failure, summary=failure.message))
+        else:
+            logger.error("Reload failed: %s", with_traceback(failure))
+        await self._notify(lambda listener: listener.failed(failure))
+
+    # -- the fresh-process check --------------------------------------------------------------
+    def _hot_description(self, outcome: Outcome) -> Description | None:
+        """The hot app as the check compares it, taken while requests wait; None: no check."""
+        recorder = self.switch.recorder
+        if recorder is None or self.zygote is None or not self._worth_checking():
+            return None
+        recorder.epoch += 1  # answers from now on are the new code's
+        modules = [sys.modules[m] for m in outcome.reran if m in sys.modules]
+        return describe(self.reloader.app, modules, self.reloader.graph.is_project_file)
+
+    def _worth_checking(self) -> bool:
+        """Unless --verify asks for it, a project whose fresh start is slow is not checked: the
+        check would load its model again, behind the user's back. Said once."""
+        if self.options.verify:
+            return True
+        slowest, name = pinning.engine.slowest()
+        cost = self.load_seconds + slowest
+        if cost <= VERIFY_SLOW:
+            return True
+        if not self._told_unchecked:
+            self._told_unchecked = True
+            what = f"; {name} alone {slowest:.1f} s" if slowest > 0.5 else ""
+            logger.info("Reloads in place are not checked against a fresh process: a fresh "
+                        "start of %s takes %.1f s%s (--verify checks anyway)",
+                        self.options.target.label, cost, what)
+        return False
+
+    def _cancel_check(self) -> None:
+        if self._check is not None and not self._check.done():
+            self._check.cancel()
+        self._check = None
+
+    async def _verify(self, outcome: Outcome, hot: Description, reloaded: float) -> None:
+        """Start the edited project in a fresh worker and compare; when they differ, the fresh
+        worker serves from now on. Never holds a request; a newer save cancels it."""
+        recorder = self.switch.recorder
+        assert recorder is not None
+        files = ", ".join(outcome.changed) or "the project"
+        started = time.perf_counter()
+        candidate, failure = await self.ladder.candidate()
+        if candidate is None:
+            if failure is not None:
+                logger.warning("Reloaded %s in place, but a fresh start of the same files "
+                               "fails: %s", files, with_traceback(failure))
+            return
+        try:
+            fresh = await candidate.describe(list(hot.state), recorder.requests(),
+                                             VERIFY_DESCRIBE)
+            answers = await self._hot_answers(recorder, fresh, reloaded)
+            found = differences(hot, fresh, answers) if fresh is not None else []
+            if found:  # confirmed by a second fresh start, or it was the process's own
+                assert fresh is not None
+                found = await self._confirm(hot, fresh, answers, recorder.requests())
+        except BaseException:
+            await candidate.dismiss()
+            raise
+        if not found:
+            await candidate.dismiss()
+            logger.debug("A fresh start serves what the reload of %s does (%d GET(s) compared, "
+                         "checked in %d ms)", files, len(answers),
+                         (time.perf_counter() - started) * 1000)
+            return
+        if not self.options.escalate:
+            await candidate.dismiss()
+            logger.warning("Reloaded %s in place, but a fresh start differs (%s): restart "
+                           "fh_utils dev to serve it (escalation is off)", files, "; ".join(found))
+            return
+        async with self._applying:  # no reload runs meanwhile; a save waits for the switch
+            if self.retiring:
+                await candidate.dismiss()
+                return
+            switching = time.perf_counter()
+            result = await self._hand_over(PendingRestart(candidate, "a fresh start differs"),
+                                           Outcome(changed=outcome.changed))
+        if result.failure is not None:
+            logger.error("Reloaded %s in place, but a fresh start differs (%s); switching to "
+                         "a fresh worker failed: %s", files, "; ".join(found),
+                         result.failure.summary)
+            return
+        logger.warning("Reloaded %s in place, but a fresh start differs (%s): switched to a "
+                       "fresh worker in %d ms", files, "; ".join(found),
+                       (time.perf_counter() - switching) * 1000)
+
+    async def _confirm(self, hot: Description, fresh: Description, answers: dict[Get, Answer],
+                       requests: list[Get]) -> list[str]:
+        """The differences that a second fresh start shows too: one a fresh process has by
+        itself (a process id, the time or a random value taken at import) is no evidence."""
+        second, _ = await self.ladder.candidate()
+        if second is None:
+            return []
+        try:
+            other = await second.describe(list(hot.state), requests, VERIFY_DESCRIBE)
+        finally:
+            await second.dismiss()
+        if other is None:
+            return []
+        return differences(hot, fresh.agreeing(other), answers)
+
+    @staticmethod
+    async def _hot_answers(recorder: Recorder, fresh: Description | None, reloaded: float
+                           ) -> dict[Get, Answer]:
+        """The hot app's answers, since the reload, to the requests the fresh app answered,
+        as clients ask again: a page open with --live at once, others when the user reloads
+        (`VERIFY_ANSWERS` after the save at most). Returns at the first that differs."""
+        if fresh is None or not fresh.answers:
+            return {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, reloaded + VERIFY_ANSWERS - time.monotonic())
+        while True:
+            recorder.updated.clear()
+            answers = {g: a for g, a in recorder.answers_since(recorder.epoch).items()
+                       if g in fresh.answers}
+            if (len(answers) == len(fresh.answers) or loop.time() >= deadline
+                    or any(fresh.answers[g] != a for g, a in answers.items())):
+                return answers
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await recorder.updated.wait()
 
     async def _atomic_saves(self, paths: set[Path]) -> set[Path]:
         """An editor's atomic save may take the old file away a moment before the new one is
@@ -454,7 +640,13 @@ class DevSession:
         self.switch.begin_hand_over()
         candidate = restart.candidate
         if candidate is None:
-            candidate, failure = await self.ladder.candidate()
+            logger.info("%s: starting a new worker; the previous app serves meanwhile",
+                        restart.cause[:1].upper() + restart.cause[1:])
+            candidate, failure = await self._unless_newer(self.ladder.candidate())
+            if candidate is None and failure is not None and failure.kind == "Superseded":
+                self.switch.cancel_hand_over()
+                outcome.failure = failure
+                return outcome
             if candidate is None:
                 self.switch.cancel_hand_over()
                 outcome.failure = failure or Failure(
@@ -474,6 +666,25 @@ class DevSession:
         outcome.tier, outcome.cause = "restart", restart.cause
         self._retire(stale=connected - self.switch.recent_clients)
         return outcome
+
+    async def _unless_newer(self, starting: Awaitable[tuple[Candidate | None, Failure | None]]
+                            ) -> tuple[Candidate | None, Failure | None]:
+        """A new worker starting (its lifespan may hang) is given up for a newer save."""
+        self._awaiting_worker = True
+        task = asyncio.ensure_future(starting)
+        newer = asyncio.ensure_future(self._newer.wait())
+        try:
+            await asyncio.wait({task, newer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._awaiting_worker = False
+            newer.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None, Failure(None, None, "Superseded", "The restart was given up for a newer "
+                             "save; the previous app served meanwhile", "")
 
     async def _settle(self, connected: set[Any]) -> None:
         """Give each connection open when the hand-over began the chance to be used once

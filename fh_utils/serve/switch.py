@@ -33,9 +33,10 @@ from fh_utils.asgi import ASGIApp, Message, Receive, Scope, Send
 from fh_utils.reload import effects
 from fh_utils.reload.errors import Failure
 from fh_utils.reload.graph import HANDLING_REQUEST
+from fh_utils.serve.verify import Recorder
 from fh_utils.timing import DRAIN, LIFESPAN, RETIRE
 
-__all__ = ["Generation", "LifespanFailed", "StartupAbort", "Switch", "Timeouts"]
+__all__ = ["Generation", "LifespanFailed", "LifespanSlow", "StartupAbort", "Switch", "Timeouts"]
 
 logger = logging.getLogger("fh_utils")
 
@@ -58,6 +59,10 @@ class LifespanFailed(Exception):
             text, "")
         kind = "LifespanTimeout" if self.timed_out else "LifespanFailed"
         return Failure(None, None, kind, message, traceback)
+
+
+class LifespanSlow(Exception):
+    """A new app's lifespan startup did not finish within the time requests wait for it."""
 
 
 class StartupAbort(Exception):
@@ -222,6 +227,8 @@ class Switch:
         self.handing_over = False
         self.recent_clients: set[Any] = set()
         self.starting = 0  # lifespan startups pending
+        # Notes the GET requests answered, and their answers (the fresh-process check's).
+        self.recorder: Recorder | None = None
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -243,7 +250,7 @@ class Switch:
         handling = HANDLING_REQUEST.set(True)
         try:
             if kind == "http":
-                await self._http(generation.app, scope, receive, connection)
+                await self._http(generation, scope, receive, connection)
             else:
                 await generation.app(scope, receive, connection.send)
         except ConnectionRetired:
@@ -261,9 +268,10 @@ class Switch:
             if not generation.connections:
                 generation.idle.set()
 
-    async def _http(self, app: ASGIApp, scope: Scope, receive: Receive,
+    async def _http(self, generation: Generation, scope: Scope, receive: Receive,
                     connection: _Connection) -> None:
         handing_over = self.handing_over
+        observe = self.recorder.observe(scope) if self.recorder is not None else None
         if handing_over:
             self.recent_clients.add(scope.get("client"))
         counted = True
@@ -284,13 +292,15 @@ class Switch:
                            if k.lower() != b"connection"]
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await connection.send(message)
+            if observe is not None:
+                observe(message)
             # A response without a length is a stream (SSE, a long download): a reload
             # does not wait for it.
             if connection.streaming or connection.finished:
                 done()
 
         try:
-            await app(scope, receive, send)
+            await generation.app(scope, receive, send)
         finally:
             done()
 
@@ -348,19 +358,29 @@ class Switch:
         finally:
             gate.open()
 
-    async def start(self, app: ASGIApp, cancel: asyncio.Event | None = None) -> Generation:
+    async def start(self, app: ASGIApp, cancel: asyncio.Event | None = None,
+                    budget: float | None = None) -> Generation:
         """Start `app`'s lifespan; the generation serves once `commit`ted.
 
-        Raises LifespanFailed when the startup fails, times out, or `cancel` is set first.
+        Raises LifespanFailed when the startup fails, times out, or `cancel` is set first;
+        LifespanSlow when it is still running after `budget` seconds (it is cancelled).
         """
         if self.current is not None and self.current.app is app:
             return self.current
         generation = Generation(app, self._lifespan_mode)
+        timeout = self.timeouts.lifespan
+        slow = budget is not None and budget < timeout
+        if budget is not None:
+            timeout = min(budget, timeout)
         self.starting += 1
         try:
-            await generation.startup(self.timeouts.lifespan, cancel)
-        except BaseException:
+            await generation.startup(timeout, cancel)
+        except BaseException as exc:
             await generation.shutdown(self.timeouts.lifespan)
+            if (slow and isinstance(exc, LifespanFailed) and exc.timed_out
+                    and not (cancel is not None and cancel.is_set())):
+                raise LifespanSlow(f"the new app's lifespan startup takes over {timeout:g} s"
+                                   ) from exc
             raise
         finally:
             self.starting -= 1
