@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.conftest import RELOAD_TIMEOUT, wait_until, write
+from tests.conftest import RELOAD_TIMEOUT, DevServer, wait_until, write
 from tests.test_shutdown import POLLER, POLLER_APP
 
 EXITING = """
@@ -77,3 +77,59 @@ def test_a_restarted_worker_starts_from_the_start_up_sys_path(tmp_path, serve):
     server.wait_log("by restarting the worker")
     assert server.get().text == "p2 1"
 
+
+
+GREET = """
+import os
+WORD = "{word}"
+with open({log!r}, "a") as f:
+    f.write(f"{{WORD}} {{os.getpid()}}\\n")
+"""
+
+
+def install(site: Path, word: str, log: Path) -> None:
+    """An installer's footprint: the package's files and its dist-info directory (an upgrade
+    removes the old one), which changes the directory's listing."""
+    for old in site.glob("greet-*.dist-info"):
+        (old / "METADATA").unlink()
+        old.rmdir()
+    write(site / "greet" / "__init__.py", GREET.format(word=word, log=str(log)))
+    write(site / f"greet-{len(word)}.0.dist-info" / "METADATA", f"Name: greet\nVersion: {word}\n")
+
+
+def test_a_restart_after_an_upgrade_imports_the_upgraded_package(tmp_path, serve):
+    """The zygote imported the installed packages once; after an upgrade it starts afresh, so
+    the restarted worker runs the new version, as a cold start does."""
+    site = tmp_path / "env" / "site-packages"
+    project = tmp_path / "project"
+    log = tmp_path / "imports.log"
+    install(site, "hello", log)
+    write(project / "poller.py", POLLER.format(version="p1"))
+    write(project / "app.py", "import greet\n" + POLLER_APP.replace(
+        '"poller " + poller.VERSION', 'greet.WORD + " " + poller.VERSION'))
+    env = {"PYTHONPATH": str(site)}
+    server = serve("app.py", cwd=project, env=env)
+    assert server.get().text == "hello p1"
+    # The server imported it, then the zygote (it preloads what the app uses).
+    wait_until(lambda: len(lines(log)) == 2, RELOAD_TIMEOUT, lambda: f"imports: {lines(log)}")
+    zygote = lines(log)[1].split()[1]
+
+    install(site, "greetings", log)
+    write(project / "poller.py", POLLER.format(version="p2"))
+    server.wait_text("greetings p2")
+    assert "Installed packages changed since the zygote imported them" in server.log
+    assert "by restarting the worker" in server.log
+    cold = DevServer(project, ["app.py"], command="run", env=env)
+    try:
+        cold.wait_ready()
+        assert cold.get().text == server.get().text == "greetings p2"
+    finally:
+        cold.stop()
+
+    # The zygote (the same process, exec'd afresh) imported the new version: the next restart
+    # needs no new start.
+    wait_until(lambda: f"greetings {zygote}" in lines(log), RELOAD_TIMEOUT,
+               lambda: f"imports: {lines(log)}")
+    write(project / "poller.py", POLLER.format(version="p3"))
+    server.wait_text("greetings p3")
+    assert server.log.count("Installed packages changed") == 1

@@ -15,6 +15,7 @@ first. If the worker that serves dies unexpectedly, the zygote starts a new one.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import json
@@ -156,7 +157,7 @@ def start(listener: socket.socket, *, spawn: bool, log_config: dict[str, Any] | 
         code = 1
         try:
             ours.close()
-            _Zygote(theirs, listener, worker).run()
+            _Zygote(theirs, listener, worker, log_config).run()
             code = 0
         except BaseException:
             traceback.print_exc()
@@ -178,10 +179,15 @@ class _Zygote:
     """The zygote's loop: preload, fork on request, reap, replace a worker that died."""
 
     def __init__(self, control: socket.socket, listener: socket.socket,
-                 worker: Worker | str) -> None:
+                 worker: Worker | str, log_config: dict[str, Any] | None = None) -> None:
         self.control = control
         self.listener = listener
         self.worker = worker
+        self.log_config = log_config
+        # What was preloaded, from where: installed packages that change afterwards (an
+        # upgrade, a `pip install`, a .pth file) make the zygote start afresh.
+        self.preloaded: tuple[list[str], list[str], str | None] | None = None
+        self.site_stamp: dict[str, int] = {}
         self.children: dict[int, _Child] = {}
         self.selector = selectors.DefaultSelector()
         self.selector.register(control, selectors.EVENT_READ)
@@ -227,6 +233,8 @@ class _Zygote:
     def _handle(self, sock: socket.socket, message: Any, fds: list[int]) -> None:
         kind = message[0]
         if kind == "fork" and fds:
+            if self.preloaded is not None and site_stamp(sys.path) != self.site_stamp:
+                self._exec_fresh(pending=(fds[0], message[1]))
             self._fork(socket.socket(fileno=fds[0]), message[1])
         elif kind == "preload" and sock is self.control:
             self._preload(*message[1:])
@@ -297,6 +305,8 @@ class _Zygote:
         sys.path[:] = sys_path
         if not PRELOAD:
             return
+        self.preloaded = (modules, sys_path, env_file)
+        self.site_stamp = site_stamp(sys_path)
         if env_file:
             from fh_utils.reload.envfile import EnvFile
 
@@ -311,20 +321,29 @@ class _Zygote:
                 importlib.import_module(name)
             if threading.active_count() > threads:
                 # Forking now could copy a lock that thread holds: stop here, and start over
-                # fresh without that module if no worker depends on this process yet.
+                # fresh without that module.
                 self.excluded.add(name)
-                if not self.children:
-                    self._exec_fresh(modules, sys_path, env_file)
-                return
+                self._exec_fresh()
 
-    def _exec_fresh(self, modules: list[str], sys_path: list[str], env_file: str | None
-                    ) -> NoReturn:
-        self.control.set_inheritable(True)
-        self.listener.set_inheritable(True)
+    def _exec_fresh(self, pending: tuple[int, bytes] | None = None) -> NoReturn:
+        """Start over as a fresh interpreter (the same process: its workers stay its
+        children), then preload again; `pending` is a fork request to serve first, before
+        anything is imported."""
+        if pending is not None:
+            logger.warning("Installed packages changed since the zygote imported them: it "
+                           "starts afresh, and this worker imports them anew")
+        for sock in (self.control, self.listener, *(c.link for c in self.children.values())):
+            sock.set_inheritable(True)
+        if pending is not None:
+            os.set_inheritable(pending[0], True)
         worker = self.worker if isinstance(self.worker, str) else _worker_path(self.worker)
         spec = {"control": self.control.fileno(), "listener": self.listener.fileno(),
                 "excluded": sorted(self.excluded), "worker": worker,
-                "preload": [modules, sys_path, env_file]}
+                "log_config": self.log_config, "preload": self.preloaded,
+                "children": [[pid, c.link.fileno(), _text(c.start), c.serving, c.retiring]
+                             for pid, c in self.children.items()],
+                "pending": [pending[0], _text(pending[1])] if pending else None}
+        signal.set_wakeup_fd(-1)
         os.execve(sys.executable,
                   [sys.executable, "-m", "fh_utils.serve.zygote", json.dumps(spec)], self.environ)
 
@@ -348,6 +367,29 @@ class _Zygote:
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if done:
                     del self.children[pid]
+
+
+def site_stamp(sys_path: Sequence[str]) -> dict[str, int]:
+    """When each directory of installed packages on `sys_path` last changed (a package added,
+    removed or upgraded changes its listing), and each .pth file in them. The project's own
+    directories are not in it: an editor's save changes those all the time."""
+    stamp: dict[str, int] = {}
+    for entry in sys_path:
+        if os.path.basename(entry) not in ("site-packages", "dist-packages"):
+            continue
+        try:
+            stamp[entry] = os.stat(entry).st_mtime_ns
+            with os.scandir(entry) as found:
+                for item in found:
+                    if item.name.endswith(".pth"):
+                        stamp[item.path] = item.stat().st_mtime_ns
+        except OSError:
+            continue
+    return stamp
+
+
+def _text(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def _supervise(control: socket.socket, pid: int) -> None:
@@ -383,8 +425,15 @@ def _main() -> None:
         logging.config.dictConfig(spec["log_config"])
     control = socket.socket(fileno=spec["control"])
     listener = socket.socket(fileno=spec["listener"])
-    zygote = _Zygote(control, listener, spec["worker"])
+    zygote = _Zygote(control, listener, spec["worker"], spec.get("log_config"))
     zygote.excluded = set(spec.get("excluded", ()))
+    for pid, fd, start, serving, retiring in spec.get("children") or ():  # (after an exec)
+        child = _Child(socket.socket(fileno=fd), base64.b64decode(start), serving, retiring)
+        zygote.children[pid] = child
+        zygote.selector.register(child.link, selectors.EVENT_READ)
+    if spec.get("pending"):
+        fd, start = spec["pending"]
+        zygote._fork(socket.socket(fileno=fd), base64.b64decode(start))
     if spec.get("preload"):
         zygote._preload(*spec["preload"])
     zygote.run()
