@@ -27,7 +27,7 @@ _UVICORN: click.Command = uvicorn_adapter.command()  # the `uvicorn` command its
 _NOT_COPIED = {"app", "reload", "version", "factory", "port"}
 _RELOAD_OPTIONS = ("reload_dirs", "reload_includes", "reload_excludes", "reload_delay")
 _DEV_ONLY = ("escalate", "keep_connections", "timeout_lifespan", "allowed_hosts", "live_morph",
-             "editor")
+             "editor", "log_format")
 
 # Options that exist on a command but cannot apply there: refused with the reason.
 DEV_REFUSED = {
@@ -171,6 +171,10 @@ def main() -> None:
               "$VISUAL, $EDITOR, or code, cursor, vim, emacs or idea found on PATH).")
 @click.option("--clear/--no-clear", default=False, envvar=_env("clear"),
               help="Clear the terminal before each reload, so only the latest output shows.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              envvar=_env("log_format"),
+              help="json: also print each reload's outcome as one JSON object a line on "
+              "stdout (the events of `fh_utils status`; the log stays on stderr).")
 @click.option("--escalate/--no-escalate", default=True, envvar=_env("escalate"),
               help="When a reload in place cannot serve what a fresh start would, re-import "
               "the project or restart the worker process by itself.")
@@ -204,6 +208,7 @@ def dev(ctx: click.Context, /, **values: Any) -> None:
             host=kwargs.pop("host"),
             port=kwargs.pop("port"),
             log_level=kwargs.pop("log_level"),
+            log_format=values["log_format"],
             reload=values["reload"],
             live=values["live"],
             live_morph=values["live_morph"],
@@ -240,6 +245,36 @@ def run(ctx: click.Context, /, **values: Any) -> None:
     if "timeout_worker_healthcheck" in values:  # an option of uvicorn 0.37 and later only
         kwargs["timeout_worker_healthcheck"] = values["timeout_worker_healthcheck"]
     run_production(target, workers=values["workers"], **kwargs)
+
+
+@main.command()
+@click.option("--wait", is_flag=True,
+              help="First wait until every save made before this call is live or has failed.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the outcome as one JSON object (the event of the last reload).")
+@click.option("--url", default=None, envvar=_env("url"),
+              help="The dev server's address (default: http://127.0.0.1 and $FH_UTILS_PORT, "
+              "$PORT or 5001).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              envvar=_env("status_timeout"), help="Seconds to wait at most; then exit 2.")
+def status(wait: bool, as_json: bool, url: str | None, timeout: float) -> None:
+    """Print the outcome of the last reload of a running `fh_utils dev`: exit 0 when it is
+    live, 1 when it failed, 2 when no server answers."""
+    import json
+    import os
+
+    from fh_utils.serve.status import describe
+    from fh_utils.serve.status import status as ask
+
+    if url is None:
+        port = os.environ.get(_env("port")) or os.environ.get("PORT") or "5001"
+        url = f"http://127.0.0.1:{port}"
+    result = ask(url, wait=wait, timeout=timeout)
+    if as_json and result.event is not None:
+        click.echo(json.dumps(result.event))
+    else:
+        click.echo(describe(result), err=result.event is None)
+    sys.exit(result.code)
 
 
 if __name__ == "__main__":  # pragma: no cover

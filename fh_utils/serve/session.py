@@ -28,6 +28,7 @@ from fh_utils.reload.errors import Failure
 from fh_utils.reload.report import log_reloaded, with_traceback
 from fh_utils.serve.channel import Channel
 from fh_utils.serve.escalation import Ladder, PendingRestart
+from fh_utils.serve.events import EventFeed, EventsMiddleware, stdout_echo
 from fh_utils.serve.hosts import HostGuard
 from fh_utils.serve.interface import as_asgi3
 from fh_utils.serve.switch import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
@@ -36,6 +37,7 @@ from fh_utils.target import AppTarget
 from fh_utils.timing import (
     ATOMIC_SAVE_GRACE,
     CANDIDATE,
+    FLUSH,
     HAND_OVER_SETTLE,
     WATCH_QUIET_MS,
     WATCH_STEP_MS,
@@ -84,6 +86,7 @@ class DevOptions:
     host: str = "127.0.0.1"
     port: int = 5001
     log_level: str | None = "info"
+    log_format: Literal["text", "json"] = "text"  # json: each reload event printed as JSON
     reload: Literal["fast", "full", "no"] = "fast"
     live: bool = False
     live_morph: bool = True  # --live pages morph in place (False: they reload)
@@ -149,8 +152,12 @@ class DevSession:
         # Set when a change arrives that a reload would act on: a lifespan startup still
         # pending is cancelled (the newer save wins). A file the app writes meanwhile is not.
         self._newer = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing reported is waiting to be applied (`settled`)
+        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self.listeners: list[DevListener] = []
+        self.events = EventFeed(self.settled, retiring=lambda: self.retiring,
+                                echo=stdout_echo(options.log_format))
+        self.listeners: list[DevListener] = [self.events]
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
         self.live: LiveHub | None = None
         if options.live:
@@ -159,6 +166,7 @@ class DevSession:
             self.asgi = LiveReloadMiddleware(
                 self.switch, self.live, morph=options.live_morph, editor=options.editor,
                 roots=self.watch.dirs, is_project_file=self.reloader.graph.is_project_file)
+        self.asgi = EventsMiddleware(self.asgi, self.events)
         self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host,
                               hint=options.host_hint)
         self._prepared = False  # a new worker: its app was loaded before uvicorn started
@@ -198,10 +206,9 @@ class DevSession:
         if outcome.failure is not None:
             await self._show_load_failure(outcome.failure)
         elif await self._serve_first(outcome):
-            logger.info(
-                "Loaded %s in %d ms", self.options.target.label,
-                (time.perf_counter() - started) * 1000,
-            )
+            ms = (time.perf_counter() - started) * 1000
+            logger.info("Loaded %s in %d ms", self.options.target.label, ms)
+            self.events.loaded(self.options.target.label, ms)
             self._preload()
             if not self.options.live and fasthtml_live(outcome.app):
                 logger.warning(
@@ -248,9 +255,11 @@ class DevSession:
             await self.switch.discard(generation)
             return False
         await self.switch.commit(generation)
+        self.events.loaded(self.options.target.label, 0, tier="restart")
         self._changes.update(reply[1])
         if self._changes:
             self._changed.set()
+            self._idle.clear()
         self._prepared = True
         return True
 
@@ -310,6 +319,7 @@ class DevSession:
         uvicorn's graceful shutdown forever) and stop reacting to changes."""
         self.shutting_down = True
         self._stop_watching()
+        await self.events.close()
         if self.zygote is not None:
             with contextlib.suppress(OSError):  # stopping on purpose: not to be replaced
                 self.zygote.retiring()
@@ -352,6 +362,7 @@ class DevSession:
     def _arrived(self, paths: set[Path]) -> None:
         self._changes.update(paths)
         self._changed.set()
+        self._idle.clear()
         if not self.switch.starting:
             return  # only a lifespan startup still pending needs to know (and is cancelled)
         try:
@@ -363,6 +374,8 @@ class DevSession:
     async def _apply_changes(self) -> None:
         """Apply changes as they arrive; an exception in one reload never stops the next."""
         while not self.retiring:
+            if not self._changed.is_set():
+                self._idle.set()
             await self._changed.wait()
             if self.retiring:
                 return
@@ -375,6 +388,31 @@ class DevSession:
                 raise
             except Exception:
                 logger.exception("Reload failed unexpectedly (this is a bug in fh_utils)")
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until every save made before the call is live or has failed (or needs no
+        reload): the watcher has reported it (`Watcher.flush`) and the applier is idle. False
+        when that takes longer than `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        watcher = self._watcher
+        if watcher is not None and not self._stop.is_set():
+            seen: asyncio.Future[None] = loop.create_future()
+
+            def done() -> None:  # in the watcher's thread, after it reported the changes
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(_resolve, seen)
+
+            watcher.flush(done)
+            try:
+                await asyncio.wait_for(seen, min(FLUSH, timeout))
+            except TimeoutError:
+                logger.debug("The file watcher did not answer a flush within %.1f s", FLUSH)
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return False
+        return True
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
         return self.watch(change, path) and self.reloader.graph.is_project_file(path)
@@ -404,6 +442,7 @@ class DevSession:
                 outcome, restart = await self.ladder.run(plan)
             if restart is not None:  # the old worker serves until the new one is ready
                 outcome = await self._hand_over(restart, outcome)
+        self.events.finished(outcome, started)
         if self.options.clear:
             sys.stderr.write(CLEAR_SCREEN)
             sys.stderr.flush()
@@ -495,6 +534,7 @@ class DevSession:
         self.retiring = True
         self._stop_watching()
         self._changed.set()  # lets the applier loop end
+        self._idle.set()  # and a status --wait ask the new worker
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no shutdown chatter
         if self.zygote is not None:
             try:
@@ -519,3 +559,7 @@ class DevSession:
         self._adapted = (app, wrapped)
         return wrapped
 
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
