@@ -161,7 +161,8 @@ class DevSession:
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
         self.live: LiveHub | None = None
         if options.live:
-            self.live = LiveHub(self.reloader.graph.is_project_file)
+            self.live = LiveHub(self.reloader.graph.is_project_file,
+                                on_browser_error=self.events.browser_error)
             self.listeners.append(self.live)
             self.asgi = LiveReloadMiddleware(
                 self.switch, self.live, morph=options.live_morph, editor=options.editor,
