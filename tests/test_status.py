@@ -168,3 +168,20 @@ def test_log_format_json_prints_each_event_as_a_line_on_stdout(tmp_path: Path):
 
 def test_the_status_client_knows_the_endpoint():
     assert status.STATUS_PATH == events.STATUS_PATH
+
+
+def test_wait_follows_a_save_that_restarts_the_worker(tmp_path: Path, serve):
+    # A thread started at import: only a new process is faithful. The worker that took the
+    # save hands over; status asks again and the new worker answers.
+    from tests.test_shutdown import POLLER, POLLER_APP
+
+    write(tmp_path / "poller.py", POLLER.format(version="p1"))
+    write(tmp_path / "app.py", POLLER_APP)
+    server = serve("app.py")
+    for version in ("p2", "p3"):
+        (tmp_path / "poller.py").write_text(POLLER.format(version=version))
+        done = run_status(server.url, "--wait", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert server.get().text == f"poller {version}", server.log[-3000:]
+        event = json.loads(done.stdout)
+        assert event["tier"] == "restart", event
