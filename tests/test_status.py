@@ -162,6 +162,7 @@ def test_log_format_json_prints_each_event_as_a_line_on_stdout(tmp_path: Path):
     printed = [json.loads(line) for line in lines]
     assert [e["event"] for e in printed] == ["load", "reload"]
     assert printed[1]["files"] == ["helpers.py"] and printed[1]["tier"] == "in place"
+    assert set(printed[1]["reran"]) == {"helpers", "app"}
     log = (tmp_path / "err.txt").read_text()
     assert "Reloaded helpers.py (+1 dependent) in" in log and '"GET / HTTP/1.1" 200' in log
 

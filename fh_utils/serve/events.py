@@ -12,8 +12,9 @@ rest (`fh_utils.serve.hosts`):
 
 Kinds (`"event"`): `load` (the app at start-up), `reload`, `static` (CSS, JS, images: no
 Python ran), `browser` (an error in a `--live` page). Each has `seq` (per server process) and
-`time` (ISO 8601, UTC); a `load` or `reload` has `ok`, and either `files`, `tier`, `cause` and
-`ms`, or `error` (`kind`, `message`, `file`, `line`, `summary`, trimmed `traceback`).
+`time` (ISO 8601, UTC); a `load` or `reload` has `ok`, and either `files`, `tier`, `cause`,
+`ms` and `reran` (the modules re-executed, in order), or `error` (`kind`, `message`, `file`,
+`line`, `summary`, the traceback's last lines as `traceback`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class EventFeed:
     # -- DevListener ---------------------------------------------------------------------
     async def reloaded(self, outcome: Outcome) -> None:
         self.publish({"event": "reload", "ok": True, "files": list(outcome.changed),
-                      "tier": outcome.tier, "cause": outcome.cause, "ms": self._ms})
+                      "tier": outcome.tier, "cause": outcome.cause, "ms": self._ms,
+                      "reran": list(outcome.reran)})
 
     async def failed(self, failure: Failure) -> None:
         kind = "reload" if self.outcome is not None else "load"
