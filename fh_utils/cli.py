@@ -17,6 +17,7 @@ import click
 import uvicorn
 
 from fh_utils import __version__
+from fh_utils import status as status_client
 from fh_utils.adapters import uvicorn as uvicorn_adapter
 from fh_utils.target import AppTarget, TargetError, resolve_target
 
@@ -247,34 +248,20 @@ def run(ctx: click.Context, /, **values: Any) -> None:
     run_production(target, workers=values["workers"], **kwargs)
 
 
-@main.command()
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--wait", is_flag=True,
               help="First wait until every save made before this call is live or has failed.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the outcome as one JSON object (the event of the last reload).")
-@click.option("--url", default=None, envvar=_env("url"),
+@click.option("--url", default=None, envvar=status_client.URL_ENV,
               help="The dev server's address (default: http://127.0.0.1 and $FH_UTILS_PORT, "
               "$PORT or 5001).")
 @click.option("--timeout", type=float, default=60.0, show_default=True,
-              envvar=_env("status_timeout"), help="Seconds to wait at most; then exit 2.")
+              envvar=status_client.TIMEOUT_ENV, help="Seconds to wait at most; then exit 2.")
 def status(wait: bool, as_json: bool, url: str | None, timeout: float) -> None:
     """Print the outcome of the last reload of a running `fh_utils dev`: exit 0 when it is
     live, 1 when it failed, 2 when no server answers."""
-    import json
-    import os
-
-    from fh_utils.serve.status import describe
-    from fh_utils.serve.status import status as ask
-
-    if url is None:
-        port = os.environ.get(_env("port")) or os.environ.get("PORT") or "5001"
-        url = f"http://127.0.0.1:{port}"
-    result = ask(url, wait=wait, timeout=timeout)
-    if as_json and result.event is not None:
-        click.echo(json.dumps(result.event))
-    else:
-        click.echo(describe(result), err=result.event is None)
-    sys.exit(result.code)
+    sys.exit(status_client.run(url, wait=wait, as_json=as_json, timeout=timeout))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from fh_utils.serve import events, status
+from fh_utils import status
+from fh_utils.serve import events
 from tests.conftest import (
     RELOAD_TIMEOUT,
     child_env,
@@ -94,7 +95,7 @@ def test_no_server_exits_2():
     done = run_status(f"http://127.0.0.1:{free_port()}", "--wait", timeout=30)
     assert done.returncode == 2
     assert "no server answers" in done.stderr
-    assert status.status("ftp://example").code == status.NO_SERVER
+    assert status.ask("ftp://example").code == status.NO_SERVER
 
 
 def test_status_follows_port_from_the_environment(tmp_path: Path, serve):
@@ -186,3 +187,32 @@ def test_wait_follows_a_save_that_restarts_the_worker(tmp_path: Path, serve):
         assert server.get().text == f"poller {version}", server.log[-3000:]
         event = json.loads(done.stdout)
         assert event["tier"] == "restart", event
+
+
+def test_status_starts_without_click_uvicorn_or_the_reloader():
+    # An agent runs it after every save: its start-up is most of its time.
+    code = ("import sys\n"
+            "sys.argv = ['fh_utils', 'status', '--url', 'http://127.0.0.1:1']\n"
+            "from fh_utils.__main__ import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "heavy = ['click', 'uvicorn', 'asyncio', 'fh_utils.reload.pinning', 'http.client']\n"
+            "print(code, [m for m in heavy if m in sys.modules])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=child_env())
+    assert done.stdout.split("\n")[0] == "2 []", done.stdout + done.stderr
+
+
+def test_the_quick_parser_takes_the_options_of_the_documented_command():
+    from fh_utils.cli import main
+
+    options = {opt for param in main.commands["status"].params for opt in param.opts}
+    assert options - {"--help", "-h"} == {*status.FLAGS, *status.VALUES}
+    assert status.main(["--wait", "--url=http://127.0.0.1:1", "--timeout", "1"]) == 2
+    for handed_to_click in (["--help"], ["--wait", "--nope"], ["--url"], ["--timeout", "x"]):
+        assert status.main(handed_to_click) is None
+    helped = subprocess.run([sys.executable, "-m", "fh_utils", "status", "--help"],
+                            capture_output=True, text=True, timeout=60, env=child_env())
+    assert helped.returncode == 0 and "Usage: fh_utils status" in helped.stdout
+    wrong = subprocess.run([sys.executable, "-m", "fh_utils", "status", "--nope"],
+                           capture_output=True, text=True, timeout=60, env=child_env())
+    assert wrong.returncode == 2 and "No such option" in wrong.stderr
