@@ -132,6 +132,6 @@ def test_documented_command_parses(page, line):
         pytest.fail(f"{page}: {line!r} does not parse: {exc.format_message()}")
     except click.UsageError as exc:
         pytest.fail(f"{page}: {line!r} does not parse: {exc.format_message()}")
-    path = ctx.params["path"]
+    path = ctx.params.get("path") or ""  # (fh_utils status has none)
     if path.startswith("examples/"):
         assert (ROOT / path).is_file(), f"{page}: {path} does not exist"
