@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -216,3 +217,19 @@ def test_the_quick_parser_takes_the_options_of_the_documented_command():
     wrong = subprocess.run([sys.executable, "-m", "fh_utils", "status", "--nope"],
                            capture_output=True, text=True, timeout=60, env=child_env())
     assert wrong.returncode == 2 and "No such option" in wrong.stderr
+
+
+def test_wait_without_inotify_waits_for_a_round_of_watchfiles_loop(tmp_path: Path, serve):
+    # Polling (Docker on macOS, network drives): no doorbell to read; a save made just before
+    # is waited for all the same.
+    server = serve("app.py", cwd=project(tmp_path),
+                   env={"WATCHFILES_FORCE_POLLING": "1", "WATCHFILES_POLL_DELAY_MS": "50"})
+    helpers = tmp_path / "helpers.py"
+    for i in range(1, 4):
+        # Polling compares modification times to the second (watchfiles): a save in the same
+        # second as the last one is never seen, waited for or not.
+        wait_until(lambda: int(time.time()) > int(helpers.stat().st_mtime), 2, "the next second")
+        helpers.write_text(f"TEXT = 'polled{i}'\n")
+        done = run_status(server.url, "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"<h1>polled{i}</h1>" in server.get("/").text, f"save {i} was not live"
