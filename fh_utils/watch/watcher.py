@@ -93,18 +93,21 @@ class Watcher:
             if not self._ended:
                 self._flushes.append(done)
                 done = _nothing
+                self._ring(b"f")
         done()
-        try:
-            os.write(self._wake_w, b"f")
-        except OSError:  # ended meanwhile: run() answers what is left
-            pass
 
     def close(self) -> None:
         """Set `stop` and wake the thread now."""
         self.stop.set()
+        with self._lock:
+            if not self._ended:
+                self._ring(b"x")
+
+    def _ring(self, byte: bytes) -> None:
+        """Wake the thread (under the lock: once it ended, the pipe's numbers may be reused)."""
         try:
-            os.write(self._wake_w, b"x")
-        except OSError:
+            os.write(self._wake_w, byte)
+        except OSError:  # full: it rings already
             pass
 
     def run(self) -> None:
@@ -139,12 +142,13 @@ class Watcher:
         finally:
             with self._lock:
                 self._ended = True
-            self._answer(self._take_flushes() + self._covered)
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                flushes, self._flushes = self._flushes + self._covered, []
+                for fd in (self._wake_r, self._wake_w):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._answer(flushes)
 
     def _take_flushes(self) -> list[Callable[[], None]]:
         with self._lock:
