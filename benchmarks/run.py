@@ -28,6 +28,9 @@ Sections (each next to uvicorn on the same fixture, see benchmarks/fixture.py):
    time, which the server logs) at 0, 200 and 2,000 modules in two shapes; start-up and memory
    at 2,000 modules; growth over 1,000 reloads. Full sizes take ~3 minutes (a minute of it
    idle); `--quick` runs it, at small sizes, only when named (`--only 9`).
+10. status: `fh_utils status --wait` (and its endpoint) right after a save, as a coding agent
+   runs it: the answer after the new code is served (benchmarks/status_wait.py). `--quick`
+   runs it only when named (`--only 10`).
 
 Prints a Markdown table with each target and whether it is met, and writes every raw figure
 as JSON under benchmarks/results/ (or `--json FILE`). Targets are shown, never asserted.
@@ -57,7 +60,7 @@ from typing import Any
 import httpx
 
 from benchmarks import escalation as esc
-from benchmarks import save_to_pixels, scale
+from benchmarks import save_to_pixels, scale, status_wait
 from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
 from benchmarks.harness import ROOT, Hammer, Server, requests_per_second, wait_served
 
@@ -77,6 +80,7 @@ class Sizes:
     starts: int = 3
     floor_runs: int = 5  # (7) cold imports of the project, for the floor of a restart
     pixel_edits: int = 10  # (8) per series
+    status_edits: int = 20  # (10) per way of asking (the CLI, the endpoint)
     heavy: bool = True  # numpy and pandas in the fixture
     load_seconds: float = 2.0  # the simulated model load
 
@@ -89,7 +93,8 @@ class Sizes:
 
 
 QUICK = Sizes(edits=2, dev_edits=2, extra_modules=5, heap_objects=10_000, rps_seconds=1.0,
-              rps_rounds=1, reloads=5, starts=1, floor_runs=1, pixel_edits=2, heavy=False,
+              rps_rounds=1, reloads=5, starts=1, floor_runs=1, pixel_edits=2, status_edits=3,
+              heavy=False,
               load_seconds=0.2)
 
 TARGETS = {
@@ -103,6 +108,7 @@ TARGETS = {
     "restart_over_floor_ms": 100.0,  # (7) a tier-3 edit, over the project's import + start-up
     "restart_speedup": 5.0,  # (7) a tier-3 edit, over uvicorn --reload's restart
     "pixels_ms": 40.0,  # (8) median save to pixels, morph, state kept
+    "status_ms": status_wait.TARGET_MS,  # (10) status --wait answers after the code is served
 }
 
 
@@ -352,6 +358,13 @@ class Bench:
                  f"{', '.join(map(str, sizes.modules))}, {sizes.growth_reloads} reloads")
         return scale.run(self.workdir / "scale", sizes, self.log)
 
+    def status(self) -> dict[str, Any]:
+        """(10): `fh_utils status --wait` right after a save (benchmarks/status_wait.py)."""
+        self.log(f"10. status --wait: {self.sizes.status_edits} edits through the CLI and as "
+                 "many through the endpoint")
+        return status_wait.run(self.workdir, self.sizes.spec(), self.sizes.status_edits,
+                               self.sizes.timeout, self.log)
+
     def pixels(self) -> dict[str, Any]:
         """(8): save to pixels with --live, full reload and morph (benchmarks/save_to_pixels.py)."""
         self.log(f"8. save to pixels: {self.sizes.pixel_edits} edits per series, headless "
@@ -379,8 +392,9 @@ def reload_log(text: str) -> list[dict[str, Any]]:
 
 
 SECTIONS = {1: "edits", 2: "scaling", 3: "heap", 4: "overhead", 5: "memory", 6: "startup",
-            7: "escalation", 8: "pixels", 9: "scale"}
-QUICK_SKIPS = {8, 9}  # a browser; minutes of idling: `--quick` runs them only when named
+            7: "escalation", 8: "pixels", 9: "scale", 10: "status"}
+# a browser; minutes of idling; more processes: `--quick` runs them only when named
+QUICK_SKIPS = {8, 9, 10}
 # (1) and (2) run as one session (see Bench.edits); (2) needs (1)'s figures for its ratio.
 
 
@@ -505,6 +519,9 @@ def rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, str]]:
     scaled = results.get("scale")
     if scaled:
         out += scale.rows(scaled)
+    status = results.get("status")
+    if status:
+        out += status_wait.rows(status)
     return out
 
 
@@ -702,6 +719,8 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     parser.add_argument("--reloads", type=int, help="reloads for the memory section")
     parser.add_argument("--starts", type=int, help="starts per server for the start-up section")
     parser.add_argument("--pixel-edits", type=int, help="edits per series for save to pixels")
+    parser.add_argument("--status-edits", type=int,
+                        help="edits per way of asking for status --wait")
     parser.add_argument("--light", action="store_true",
                         help="stdlib-only fixture even without --quick")
     parser.add_argument("--json", type=Path, help="where to write the results "
@@ -711,7 +730,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Sizes]:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     names = ("edits", "dev_edits", "extra_modules", "heap_objects", "rps_seconds", "reloads",
-             "starts", "pixel_edits")
+             "starts", "pixel_edits", "status_edits")
     overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.light:
         overrides.update(heavy=False)

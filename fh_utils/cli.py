@@ -17,6 +17,7 @@ import click
 import uvicorn
 
 from fh_utils import __version__
+from fh_utils import status as status_client
 from fh_utils.adapters import uvicorn as uvicorn_adapter
 from fh_utils.target import AppTarget, TargetError, resolve_target
 
@@ -27,7 +28,7 @@ _UVICORN: click.Command = uvicorn_adapter.command()  # the `uvicorn` command its
 _NOT_COPIED = {"app", "reload", "version", "factory", "port"}
 _RELOAD_OPTIONS = ("reload_dirs", "reload_includes", "reload_excludes", "reload_delay")
 _DEV_ONLY = ("escalate", "verify", "keep_connections", "timeout_lifespan", "allowed_hosts",
-             "live_morph", "editor")
+             "live_morph", "editor", "log_format")
 
 # Options that exist on a command but cannot apply there: refused with the reason.
 DEV_REFUSED = {
@@ -171,6 +172,10 @@ def main() -> None:
               "$VISUAL, $EDITOR, or code, cursor, vim, emacs or idea found on PATH).")
 @click.option("--clear/--no-clear", default=False, envvar=_env("clear"),
               help="Clear the terminal before each reload, so only the latest output shows.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              envvar=_env("log_format"),
+              help="json: also print each reload's outcome as one JSON object a line on "
+              "stdout (the events of `fh_utils status`; the log stays on stderr).")
 @click.option("--escalate/--no-escalate", default=True, envvar=_env("escalate"),
               help="When a reload in place cannot serve what a fresh start would, re-import "
               "the project or restart the worker process by itself.")
@@ -209,6 +214,7 @@ def dev(ctx: click.Context, /, **values: Any) -> None:
             host=kwargs.pop("host"),
             port=kwargs.pop("port"),
             log_level=kwargs.pop("log_level"),
+            log_format=values["log_format"],
             reload=values["reload"],
             live=values["live"],
             live_morph=values["live_morph"],
@@ -246,6 +252,22 @@ def run(ctx: click.Context, /, **values: Any) -> None:
     if "timeout_worker_healthcheck" in values:  # an option of uvicorn 0.37 and later only
         kwargs["timeout_worker_healthcheck"] = values["timeout_worker_healthcheck"]
     run_production(target, workers=values["workers"], **kwargs)
+
+
+@main.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--wait", is_flag=True,
+              help="First wait until every save made before this call is live or has failed.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the outcome as one JSON object (the event of the last reload).")
+@click.option("--url", default=None, envvar=status_client.URL_ENV,
+              help="The dev server's address (default: http://127.0.0.1 and $FH_UTILS_PORT, "
+              "$PORT or 5001).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              envvar=status_client.TIMEOUT_ENV, help="Seconds to wait at most; then exit 2.")
+def status(wait: bool, as_json: bool, url: str | None, timeout: float) -> None:
+    """Print the outcome of the last reload of a running `fh_utils dev`: exit 0 when it is
+    live, 1 when it failed, 2 when no server answers."""
+    sys.exit(status_client.run(url, wait=wait, as_json=as_json, timeout=timeout))
 
 
 if __name__ == "__main__":  # pragma: no cover

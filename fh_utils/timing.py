@@ -19,6 +19,9 @@ LATE_TIMEOUT_MS = 2_000  # then waiting for it, stepping, when it lags (a loaded
 WRITE_WAIT_MS = 2_000  # a source file open for writing holds its burst this long at most
 WATCHER_READY = 5.0  # the watcher setting up its watches, at most, before the app is imported
 ATOMIC_SAVE_GRACE = 0.05  # a module's file gone in the middle of an editor's save
+# The watcher reporting every save made before `status --wait` asked: a burst's debounce and
+# a writer's hold at most, then watchfiles' own loop's round (no inotify).
+FLUSH = (DEBOUNCE_MS + WRITE_WAIT_MS) / 1000 + 1.0
 CLOCK_SLACK = 0.05  # file times come from the kernel's coarse clock, a tick behind at most
 
 # -- the switch (fh_utils.serve.switch): waits on the user's app -------------------------------

@@ -99,3 +99,13 @@ def test_quick_scale_section_reports_every_part(tmp_path):
     assert scaled["growth"]["reloads"] == 40
     assert {row["#"] for row in data["rows"]} == {"9"}
     assert "overhead ≤ 8 ms" in stdout
+
+
+def test_quick_status_section_reports_both_ways_of_asking(tmp_path):
+    data, stdout = quick_run(tmp_path, "--only", "10", timeout=100)
+    status = data["results"]["status"]
+    assert len(status["cli"]) == len(status["endpoint"]) == 3
+    assert status["early"] == status["failed"] == 0  # never an answer before the new code
+    assert len(status["floor"]) == 3
+    assert {row["#"] for row in data["rows"]} == {"10"}
+    assert "`fh_utils status --wait` exits" in stdout

@@ -84,6 +84,11 @@ def test_an_ordinary_edit_is_checked_and_keeps_its_process(tmp_path, serve):
     assert pid(server) == first
     assert "differs" not in server.log
     assert_matches_cold(server, tmp_path, ["/about"])
+    # The verdict is an event, and `fh_utils status` shows it with the reload's outcome.
+    status = server.get("/__fh_utils_live__/status").json()
+    assert status["live"] and status["files"] == ["app.py"]
+    assert status["verify"]["same"] and status["verify"]["differences"] == []
+    assert status["verify"]["compared"] >= 1 and not status["verify"]["switched"]
 
 
 def test_a_newer_save_cancels_the_running_check(tmp_path, serve):

@@ -201,6 +201,8 @@ def test_without_a_temporary_directory_the_watcher_runs_watchfiles_loop(tmp_path
         assert watcher.ready.wait(10)
         (tmp_path / "app.py").write_text("x = 1\n")
         assert str(tmp_path / "app.py") in paths(reports, {tmp_path / "app.py"})
+        (tmp_path / "app.py").write_text("x = 2\n")
+        assert str(tmp_path / "app.py") in flushed(reports, watcher)
     finally:
         watcher.close()
         thread.join(5)
@@ -236,3 +238,33 @@ def test_a_doorbell_numbered_above_1024_still_rings(tmp_path, many_open_files, w
     saved = tmp_path / "mod.py"
     saved.write_text("x = 1\n")
     assert str(saved) in paths(reports, {saved})
+
+
+def flushed(reports: Reports, watcher: Watcher, timeout: float = 10) -> set[str]:
+    """flush(), then every path reported before it answered."""
+    done = threading.Event()
+    watcher.flush(lambda: (reports.put({(Change.added, "<flushed>")}), done.set()))
+    seen: set[str] = set()
+    while "<flushed>" not in seen:
+        seen |= {path for _, path in reports.get(timeout=timeout)}
+    assert done.is_set()
+    return seen - {"<flushed>"}
+
+
+def test_a_flush_answers_after_the_report_of_a_save_made_just_before_it(tmp_path, watched):
+    # `fh_utils status --wait`: a save made a moment before the call is waited for, whatever
+    # the debounce is doing; each flush is answered once that save was reported.
+    reports, watcher = watched
+    for i in range(200):
+        saved = tmp_path / f"f{i % 5}.py"
+        saved.write_text(f"x = {i}\n")
+        assert str(saved) in flushed(reports, watcher), f"save {i} reported after the flush"
+
+
+def test_a_flush_with_nothing_changed_answers_at_once_and_after_close(tmp_path, watched):
+    reports, watcher = watched
+    assert flushed(reports, watcher, timeout=2) == set()
+    watcher.close()
+    answered = threading.Event()
+    watcher.flush(answered.set)  # the thread may be ending: answered now or as it ends
+    assert answered.wait(5)

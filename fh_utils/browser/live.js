@@ -2,6 +2,7 @@
 // function scope after idiomorph (fh_utils/idiomorph.min.js), whose `Idiomorph` it uses.
 // Messages (JSON): hello {server, generation, css} | reload {generation, failing, full} |
 // css {files, css} | error {error, message, file, line, traceback, request, editable}.
+// The page sends: browser-error {kind, message, page, source, stack, request, status}.
 (function () {
   "use strict";
   var script = document.currentScript;
@@ -17,6 +18,7 @@
   var FIRST_DELAY = 100, MAX_DELAY = 2000, GIVE_UP_AFTER = 5 * 60 * 1000;
   var delay = FIRST_DELAY, lostAt = 0, leaving = false, gaveUp = false;
   var overlay = null, overlayKind = null; // "load" (import) | "request"
+  var live = null, unsent = []; // the socket; error reports made while it was not open
 
   function socketUrl() {
     return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + base +
@@ -24,8 +26,11 @@
   }
 
   function connect() {
-    var socket = new WebSocket(socketUrl());
-    socket.onopen = function () { delay = FIRST_DELAY; };
+    var socket = live = new WebSocket(socketUrl());
+    socket.onopen = function () {
+      delay = FIRST_DELAY;
+      while (unsent.length) socket.send(unsent.shift());
+    };
     socket.onmessage = function (event) {
       var msg = JSON.parse(event.data);
       if (msg.type === "hello") hello(msg);
@@ -436,6 +441,53 @@
     if (overlay) overlay.remove();
     overlay = null;
     overlayKind = null;
+  }
+
+  // -- the page's errors, told to the terminal (fh_utils status counts them) ----------------
+  function tell(report) {
+    try {
+      report.type = "browser-error";
+      report.page = location.href;
+      var text = JSON.stringify(report);
+      if (live && live.readyState === 1) live.send(text);
+      else if (unsent.length < 20) unsent.push(text);
+    } catch (e) { /* never an error of our own on top */ }
+  }
+
+  window.addEventListener("error", function (event) {
+    if (!event.message && !event.error) return; // a resource that failed to load
+    var error = event.error;
+    tell({ kind: "error", message: event.message || String(error),
+      source: event.filename ? event.filename + ":" + event.lineno + ":" + event.colno : null,
+      stack: error && error.stack || null });
+  });
+  window.addEventListener("unhandledrejection", function (event) {
+    var reason = event.reason;
+    tell({ kind: "unhandledrejection", message: reason && reason.message || String(reason),
+      stack: reason && reason.stack || null });
+  });
+  // htmx: a request answered with an error, not sent (network), timed out; a swap that threw;
+  // an hx-target that matches nothing.
+  ["htmx:responseError", "htmx:sendError", "htmx:timeout", "htmx:swapError",
+    "htmx:targetError"].forEach(function (name) {
+    document.addEventListener(name, function (event) { tell(htmxReport(name, event.detail)); });
+  });
+
+  function htmxReport(name, detail) {
+    detail = detail || {};
+    var config = detail.requestConfig || {}, path = detail.pathInfo || {};
+    var report = { kind: name, message: detail.error || name };
+    if (name === "htmx:targetError") {
+      report.message = "hx-target " + JSON.stringify(detail.target) + " matches no element";
+    } else if (name === "htmx:swapError") {
+      report.message = "swapping the response into the page failed";
+    } else if (name === "htmx:sendError") {
+      report.message = "the request was not answered (network error)";
+    }
+    var where = path.requestPath || config.path;
+    if (where) report.request = String(config.verb || "").toUpperCase() + " " + where;
+    if (detail.xhr && detail.xhr.status) report.status = detail.xhr.status;
+    return report;
   }
 
   document.addEventListener("keydown", function (event) {

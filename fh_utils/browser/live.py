@@ -77,6 +77,9 @@ _FASTHTML_LIVE = b"/live-reload`"
 _FRAME = re.compile(r'^\s*File "(.+)", line \d+', re.M)
 _OWN = str(Path(__file__).resolve().parent) + os.sep  # fh_utils' own frames
 _CLOSED, _SHUTDOWN = object(), object()
+# What a page's error report may carry (live.js), each clipped to `_CLIP` characters.
+_BROWSER_FIELDS = ("kind", "message", "page", "source", "stack", "request", "status")
+_CLIP = 4000
 
 
 def client_script(ws_path: str, *, server: str = "", generation: int = 0, css: int = 0,
@@ -119,10 +122,16 @@ class LiveHub:
     Every connection starts with `hello`: this process (`server`), how many reloads
     (`generation`) and stylesheet swaps (`css`) went out. The injected script carries the same
     figures as of its request, so a page that missed a message while it loaded refreshes.
+
+    Pages report their errors over the same socket (uncaught errors and rejections, htmx's
+    failed requests, swaps and targets): each is logged with the page's URL, and passed to
+    `on_browser_error` (`fh_utils status` counts them).
     """
 
-    def __init__(self, is_project_file: Callable[[Path], bool] | None = None) -> None:
+    def __init__(self, is_project_file: Callable[[Path], bool] | None = None, *,
+                 on_browser_error: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.failure: Failure | None = None  # a failed (re)load, shown on every page
+        self.on_browser_error = on_browser_error
         self.is_project_file = is_project_file or _under_cwd
         self.server = secrets.token_hex(4)
         self.generation = 0
@@ -179,6 +188,28 @@ class LiveHub:
         """The page at `page` was served without an exception."""
         if self._request_error is not None and self._request_error[0] == page:
             self._request_error = None
+
+    def page_said(self, text: str) -> None:
+        """A message from a page: `{"type": "browser-error", "kind", "message", "page", ...}`
+        (`live.js`), logged with the page's URL."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or message.get("type") != "browser-error":
+            return
+        report = {key: _clip(message.get(key)) for key in _BROWSER_FIELDS
+                  if message.get(key) not in (None, "")}
+        report.setdefault("kind", "error")
+        where = f" ({report['source']})" if report.get("source") else ""
+        request = f" [{report['request']}]" if report.get("request") else ""
+        logger.warning("Browser error on %s: %s: %s%s%s", report.get("page", "(unknown page)"),
+                       report["kind"], report.get("message", ""), request, where)
+        if self.on_browser_error is not None:
+            try:
+                self.on_browser_error(report)
+            except Exception:
+                logger.exception("Could not record a browser error")
 
     def hello(self) -> dict[str, Any]:
         return {"type": "hello", "server": self.server, "generation": self.generation,
@@ -243,8 +274,9 @@ class LiveHub:
         self._queues[queue] = page
 
         async def until_disconnect() -> None:
-            while (await receive())["type"] != "websocket.disconnect":
-                pass
+            while (message := await receive())["type"] != "websocket.disconnect":
+                if message.get("text"):
+                    self.page_said(message["text"])
             queue.put_nowait(_CLOSED)
 
         watcher = asyncio.get_running_loop().create_task(until_disconnect())
@@ -262,6 +294,13 @@ class LiveHub:
         finally:
             self._queues.pop(queue, None)
             watcher.cancel()
+
+
+def _clip(value: object) -> object:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    return text if len(text) <= _CLIP else text[:_CLIP] + "..."
 
 
 def error_message(failure: Failure) -> dict[str, Any]:

@@ -137,9 +137,13 @@ def _debugger_handler(handler: object) -> bool:
     return bdb is not None and isinstance(getattr(handler, "__self__", None), bdb.Bdb)
 
 
-def uvicorn_log_config(level: str | None) -> dict[str, Any]:
-    """uvicorn's logging config, with the `fh_utils` logger printed the same way."""
+def uvicorn_log_config(level: str | None, log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's logging config, with the `fh_utils` logger printed the same way. With
+    `log_format` "json", stdout is for the reload events alone: the access log goes to
+    stderr, with the rest of the log."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    if log_format == "json":
+        config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     config["loggers"]["fh_utils"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config["loggers"]["watchfiles"] = {"level": "WARNING"}
     if level:
@@ -153,7 +157,8 @@ STARTUP_FAILURE = 3  # uvicorn's exit code when the app's startup fails
 def run_dev(options: DevOptions) -> None:
     """Serve the app until Ctrl+C: reloading in place (`fast`), restarting (`full`) or not."""
     settings = dict(options.uvicorn)
-    log_config = settings.pop("log_config", None) or uvicorn_log_config(options.log_level)
+    log_config = (settings.pop("log_config", None)
+                  or uvicorn_log_config(options.log_level, options.log_format))
     common: dict[str, Any] = dict(host=options.host, port=options.port,
                                   log_level=options.log_level, log_config=log_config)
     if options.reload == "full":
@@ -198,7 +203,7 @@ def worker_main(start: Any, link: socket.socket | None, zygote_sock: socket.sock
     replacing a worker that died). Returns the exit code."""
     options, _role = start
     assert isinstance(options, DevOptions)
-    log_config = uvicorn_log_config(options.log_level)
+    log_config = uvicorn_log_config(options.log_level, options.log_format)
     log_config["loggers"]["uvicorn.error"]["level"] = "WARNING"  # one server, one start-up log
     settings = dict(options.uvicorn)
     settings.pop("log_config", None)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 import sys
 import types
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["serve"]
 
-logger = logging.getLogger("fh_utils")
+# `import fh_utils` imports this module: what it needs only when serving is imported then
+# (`fh_utils status`, which an agent runs after every save, pays for every import here).
 
 _serving = False  # one server per process: a reloaded module calling serve() again is a no-op
 
@@ -61,14 +59,18 @@ def serve(
         return
     _serving = True
 
+    import logging
+    from pathlib import Path
+
     from fh_utils.serve.hosts import allowed_hosts as resolve_hosts
     from fh_utils.serve.processes import run_dev
     from fh_utils.serve.session import DevOptions  # imports IPython: only when serving
     from fh_utils.target import AppTarget, TargetError, resolve_target
 
     if procs not in (None, 1):
-        logger.warning("serve(procs=%s) is not supported in dev mode: serving one process "
-                       "(use `fh_utils run --workers N` in production)", procs)
+        logging.getLogger("fh_utils").warning(
+            "serve(procs=%s) is not supported in dev mode: serving one process "
+            "(use `fh_utils run --workers N` in production)", procs)
     file = getattr(main, "__file__", None)
     if appname:
         directory = Path(file).resolve().parent if file else Path.cwd()
@@ -110,6 +112,9 @@ def serve(
 
 def _adopt(main: types.ModuleType, name: str) -> None:
     """Make the running script the importable module `name`, without running it again."""
+    import importlib.util
+    from pathlib import Path
+
     file = str(Path(main.__file__ or "").resolve())
     old = main.__name__
     main.__name__ = name

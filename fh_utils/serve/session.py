@@ -28,6 +28,7 @@ from fh_utils.reload.errors import Failure
 from fh_utils.reload.report import log_reloaded, with_traceback
 from fh_utils.serve.channel import Channel
 from fh_utils.serve.escalation import Candidate, Ladder, PendingRestart
+from fh_utils.serve.events import EventFeed, EventsMiddleware, stdout_echo
 from fh_utils.serve.hosts import HostGuard
 from fh_utils.serve.interface import as_asgi3
 from fh_utils.serve.switch import Generation, LifespanFailed, StartupAbort, Switch, Timeouts
@@ -45,6 +46,7 @@ from fh_utils.target import AppTarget
 from fh_utils.timing import (
     ATOMIC_SAVE_GRACE,
     CANDIDATE,
+    FLUSH,
     HAND_OVER_SETTLE,
     VERIFY_ANSWERS,
     VERIFY_DESCRIBE,
@@ -97,6 +99,7 @@ class DevOptions:
     host: str = "127.0.0.1"
     port: int = 5001
     log_level: str | None = "info"
+    log_format: Literal["text", "json"] = "text"  # json: each reload event printed as JSON
     reload: Literal["fast", "full", "no"] = "fast"
     live: bool = False
     live_morph: bool = True  # --live pages morph in place (False: they reload)
@@ -168,16 +171,22 @@ class DevSession:
         # Set when a change arrives that a reload would act on: a lifespan startup still
         # pending is cancelled (the newer save wins). A file the app writes meanwhile is not.
         self._newer = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing reported is waiting to be applied (`settled`)
+        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self.listeners: list[DevListener] = []
+        self.events = EventFeed(self.settled, retiring=lambda: self.retiring,
+                                echo=stdout_echo(options.log_format))
+        self.listeners: list[DevListener] = [self.events]
         self.asgi: Any = self.switch  # what uvicorn serves; middleware may wrap it
         self.live: LiveHub | None = None
         if options.live:
-            self.live = LiveHub(self.reloader.graph.is_project_file)
+            self.live = LiveHub(self.reloader.graph.is_project_file,
+                                on_browser_error=self.events.browser_error)
             self.listeners.append(self.live)
             self.asgi = LiveReloadMiddleware(
                 self.switch, self.live, morph=options.live_morph, editor=options.editor,
                 roots=self.watch.dirs, is_project_file=self.reloader.graph.is_project_file)
+        self.asgi = EventsMiddleware(self.asgi, self.events)
         self.asgi = HostGuard(self.asgi, options.allowed_hosts, options.host,
                               hint=options.host_hint)
         self._prepared = False  # a new worker: its app was loaded before uvicorn started
@@ -226,8 +235,9 @@ class DevSession:
             await self._show_load_failure(outcome.failure)
         elif await self._serve_first(outcome):
             self.load_seconds = time.perf_counter() - started
-            logger.info("Loaded %s in %d ms", self.options.target.label,
-                        self.load_seconds * 1000)
+            ms = self.load_seconds * 1000
+            logger.info("Loaded %s in %d ms", self.options.target.label, ms)
+            self.events.loaded(self.options.target.label, ms)
             self._preload()
             if not self.options.live and fasthtml_live(outcome.app):
                 logger.warning(
@@ -290,9 +300,11 @@ class DevSession:
             await self.switch.discard(generation)
             return False
         await self.switch.commit(generation)
+        self.events.loaded(self.options.target.label, 0, tier="restart")
         self._changes.update(reply[1])
         if self._changes:
             self._changed.set()
+            self._idle.clear()
         self._prepared = True
         return True
 
@@ -353,6 +365,7 @@ class DevSession:
         uvicorn's graceful shutdown forever) and stop reacting to changes."""
         self.shutting_down = True
         self._stop_watching()
+        await self.events.close()
         if self.zygote is not None:
             with contextlib.suppress(OSError):  # stopping on purpose: not to be replaced
                 self.zygote.retiring()
@@ -395,6 +408,7 @@ class DevSession:
     def _arrived(self, paths: set[Path]) -> None:
         self._changes.update(paths)
         self._changed.set()
+        self._idle.clear()
         if not self.switch.starting and not self._awaiting_worker:
             return  # only a lifespan startup still pending needs to know (and is cancelled)
         try:
@@ -406,6 +420,8 @@ class DevSession:
     async def _apply_changes(self) -> None:
         """Apply changes as they arrive; an exception in one reload never stops the next."""
         while not self.retiring:
+            if not self._changed.is_set():
+                self._idle.set()
             await self._changed.wait()
             if self.retiring:
                 return
@@ -419,6 +435,31 @@ class DevSession:
                 raise
             except Exception:
                 logger.exception("Reload failed unexpectedly (this is a bug in fh_utils)")
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until every save made before the call is live or has failed (or needs no
+        reload): the watcher has reported it (`Watcher.flush`) and the applier is idle. False
+        when that takes longer than `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        watcher = self._watcher
+        if watcher is not None and not self._stop.is_set():
+            seen: asyncio.Future[None] = loop.create_future()
+
+            def done() -> None:  # in the watcher's thread, after it reported the changes
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(_resolve, seen)
+
+            watcher.flush(done)
+            try:
+                await asyncio.wait_for(seen, min(FLUSH, timeout))
+            except TimeoutError:
+                logger.debug("The file watcher did not answer a flush within %.1f s", FLUSH)
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return False
+        return True
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
         return self.watch(change, path) and self.reloader.graph.is_project_file(path)
@@ -455,10 +496,12 @@ class DevSession:
                 assert outcome.failure is not None
                 reported = outcome.failure
                 self._clear_screen()
+                self.events.finished(outcome, started)
                 await self._report_failure(reported)
                 outcome, restart = await self.ladder.judge(plan, outcome)
             if restart is not None:  # the old worker serves until the new one is ready
                 outcome = await self._hand_over(restart, outcome)
+        self.events.finished(outcome, started)
         if reported is None:
             self._clear_screen()
         for note in outcome.notes:
@@ -541,6 +584,7 @@ class DevSession:
             if failure is not None:
                 logger.warning("Reloaded %s in place, but a fresh start of the same files "
                                "fails: %s", files, with_traceback(failure))
+                self._verified(outcome, started, ["a fresh start fails: " + failure.summary])
             return
         try:
             fresh = await candidate.describe(list(hot.state), recorder.requests(),
@@ -558,11 +602,13 @@ class DevSession:
             logger.debug("A fresh start serves what the reload of %s does (%d GET(s) compared, "
                          "checked in %d ms)", files, len(answers),
                          (time.perf_counter() - started) * 1000)
+            self._verified(outcome, started, [], compared=len(answers))
             return
         if not self.options.escalate:
             await candidate.dismiss()
             logger.warning("Reloaded %s in place, but a fresh start differs (%s): restart "
                            "fh_utils dev to serve it (escalation is off)", files, "; ".join(found))
+            self._verified(outcome, started, found, compared=len(answers))
             return
         async with self._applying:  # no reload runs meanwhile; a save waits for the switch
             if self.retiring:
@@ -579,6 +625,15 @@ class DevSession:
         logger.warning("Reloaded %s in place, but a fresh start differs (%s): switched to a "
                        "fresh worker in %d ms", files, "; ".join(found),
                        (time.perf_counter() - switching) * 1000)
+        self._verified(outcome, started, found, compared=len(answers), switched=True)
+
+    def _verified(self, outcome: Outcome, started: float, found: list[str], *,
+                  compared: int = 0, switched: bool = False) -> None:
+        """The check's verdict, as an event (`fh_utils status`, --log-format json)."""
+        self.events.publish({"event": "verify", "files": list(outcome.changed),
+                             "same": not found, "differences": found, "compared": compared,
+                             "switched": switched,
+                             "ms": round((time.perf_counter() - started) * 1000)})
 
     async def _confirm(self, hot: Description, fresh: Description, answers: dict[Get, Answer],
                        requests: list[Get]) -> list[str]:
@@ -706,6 +761,7 @@ class DevSession:
         self.retiring = True
         self._stop_watching()
         self._changed.set()  # lets the applier loop end
+        self._idle.set()  # and a status --wait ask the new worker
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # no shutdown chatter
         if self.zygote is not None:
             try:
@@ -730,3 +786,7 @@ class DevSession:
         self._adapted = (app, wrapped)
         return wrapped
 
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -72,13 +72,42 @@ class Watcher:
         self.quiet_ms = step_ms if quiet_ms is None else quiet_ms
         self.ready = threading.Event()  # set once changes are being seen
         self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):  # a full pipe rings already: never block
+            os.set_blocking(fd, False)
+        self._lock = threading.Lock()
+        self._flushes: list[Callable[[], None]] = []  # asked for, not yet covered by a read
+        self._covered: list[Callable[[], None]] = []  # covered: answered after this burst
+        self._ended = False
+
+    def flush(self, done: Callable[[], None]) -> None:
+        """Call `done` (in the watcher's thread) once every change made before this call has
+        been reported, or filtered out: `fh_utils status --wait` knows of a save made a moment
+        before it asked, which the debounce still holds.
+
+        The kernel queues a change's inotify event before the write that made it returns, so
+        an event made before this call is in the doorbell's queue, or was read already: this
+        waits for the burst that reads it to be reported. Without the doorbell, it waits for
+        one full round of watchfiles' loop (half a second when nothing changes).
+        """
+        with self._lock:
+            if not self._ended:
+                self._flushes.append(done)
+                done = _nothing
+                self._ring(b"f")
+        done()
 
     def close(self) -> None:
         """Set `stop` and wake the thread now."""
         self.stop.set()
+        with self._lock:
+            if not self._ended:
+                self._ring(b"x")
+
+    def _ring(self, byte: bytes) -> None:
+        """Wake the thread (under the lock: once it ended, the pipe's numbers may be reused)."""
         try:
-            os.write(self._wake_w, b"x")
-        except OSError:
+            os.write(self._wake_w, byte)
+        except OSError:  # full: it rings already
             pass
 
     def run(self) -> None:
@@ -111,11 +140,27 @@ class Watcher:
                     if marker is not None:
                         marker.remove()
         finally:
-            for fd in (self._wake_r, self._wake_w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            with self._lock:
+                self._ended = True
+                flushes, self._flushes = self._flushes + self._covered, []
+                for fd in (self._wake_r, self._wake_w):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            self._answer(flushes)
+
+    def _take_flushes(self) -> list[Callable[[], None]]:
+        with self._lock:
+            flushes, self._flushes = self._flushes, []
+        return flushes
+
+    def _answer(self, flushes: list[Callable[[], None]]) -> None:
+        for done in flushes:
+            try:
+                done()
+            except Exception:
+                logger.exception("A flush of the file watcher failed")
 
     def _loop(self, doorbell: _Doorbell, notify: Notifier, marker: _Marker) -> None:
         while not self.stop.is_set():
@@ -127,8 +172,12 @@ class Watcher:
             if changes is None:
                 return
             found = {(int(Change.added), path) for path in doorbell.take_found()}
-            if changes or found:
-                self._report(changes | found)
+            covered, self._covered = self._covered, []
+            try:
+                if changes or found:
+                    self._report(changes | found)
+            finally:
+                self._answer(covered)  # after the report: the session hears of it first
 
     def _collect(self, notify: Notifier, marker: _Marker) -> set[tuple[int, str]] | None:
         """The changes watchfiles' thread has seen up to the burst's last marker; None when
@@ -181,8 +230,21 @@ class Watcher:
         while True:
             events = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.5)))
             ready = {fd for fd, _ in events}
-            if self._wake_r in ready or self.stop.is_set():
+            if self.stop.is_set():
                 return False
+            if self._wake_r in ready:  # flush() asked
+                _empty(self._wake_r)
+                ready.discard(self._wake_r)
+                if not ready and not _readable(doorbell.fd):
+                    # Every change made before those flushes was read: by a burst already
+                    # reported (none going on), or by this one (answered after its report).
+                    flushes = self._take_flushes()
+                    if deadline is None:
+                        self._answer(flushes)
+                    else:
+                        self._covered += flushes
+                    continue
+                ready.add(doorbell.fd)
             now = time.monotonic()
             if not ready:  # quiet for `timeout`
                 if doorbell.writing:
@@ -193,6 +255,7 @@ class Watcher:
                     logger.debug("Still open for writing: %s", ", ".join(doorbell.writing))
                 doorbell.writing.clear()
                 return True
+            self._covered += self._take_flushes()  # (before the read: it covers them)
             doorbell.drain()
             marker.make()  # after what was read: see `_collect`
             deadline = deadline or now + DEBOUNCE_MS / 1000
@@ -204,9 +267,13 @@ class Watcher:
     def _loop_without_doorbell(self, notify: Notifier) -> None:
         """watchfiles' own loop: it wakes every `step_ms` (and every 0.5 s to see `stop`)."""
         while not self.stop.is_set():
-            changes = notify.watch(DEBOUNCE_MS, self.step_ms, 500, self.stop)
-            if isinstance(changes, set):
-                self._report(changes)
+            flushes = self._take_flushes()
+            try:
+                changes = notify.watch(DEBOUNCE_MS, self.step_ms, 500, self.stop)
+                if isinstance(changes, set):
+                    self._report(changes)
+            finally:
+                self._answer(flushes)
 
     def _report(self, raw: Iterable[tuple[int, str]]) -> None:
         changes = {(Change(int(c)), p) for c, p in raw}
@@ -357,6 +424,25 @@ class _Doorbell:
                 self._add_tree(directory, self._found)
             except OSError:
                 pass
+
+
+def _nothing() -> None:
+    pass
+
+
+def _empty(fd: int) -> None:
+    """Read a non-blocking pipe's bytes until none are left."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _poll_delay_ms() -> int:
