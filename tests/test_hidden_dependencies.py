@@ -128,3 +128,46 @@ def test_an_import_made_at_request_time_is_a_dependency(tmp_path, serve):
     save(server, tmp_path / "clients.py", CLIENTS.format(base="v2"))
     assert_matches_cold(server, tmp_path)
     assert server.get().json() == "v2"
+
+
+MEMO_APP = """
+import functools
+import json
+from pathlib import Path
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+@functools.cache
+def prices():
+    return json.loads(Path("prices.json").read_text())
+
+class Catalog:
+    @functools.lru_cache(maxsize=None)
+    def names(self):
+        with open("names.txt") as f:
+            return f.read().split()
+
+CATALOG = Catalog()
+
+def home(request):
+    return JSONResponse([prices(), CATALOG.names()])
+
+app = Starlette(routes=[Route("/", home)])
+"""
+
+
+def test_a_file_a_memoised_function_read_at_request_time_is_read_again(tmp_path, serve):
+    """`functools.cache` keeps what a handler's helper read on its first call; a cold start has
+    an empty cache and reads the file as it is now. Editing the file empties the cache."""
+    write(tmp_path / "prices.json", '{"tea": 3}')
+    write(tmp_path / "names.txt", "tea coffee")
+    write(tmp_path / "app.py", MEMO_APP)
+    server = serve("app.py")
+    assert server.get().json() == [{"tea": 3}, ["tea", "coffee"]]
+    write(tmp_path / "prices.json", '{"tea": 4, "cocoa": 5}')
+    server.wait_text("cocoa")
+    assert_matches_cold(server, tmp_path)
+    write(tmp_path / "names.txt", "tea coffee cocoa")
+    assert_matches_cold(server, tmp_path)
+    assert server.get().json() == [{"tea": 4, "cocoa": 5}, ["tea", "coffee", "cocoa"]]

@@ -46,6 +46,7 @@ from fh_utils.reload import effects
 from fh_utils.reload.classes import ClassKeeper
 from fh_utils.reload.envfile import Changes, EnvFile
 from fh_utils.reload.errors import Failure, describe, display_path
+from fh_utils.reload.frames import clear_memo
 from fh_utils.reload.graph import GraphState, Listing, ModuleGraph, Resource
 from fh_utils.reload.ownership import Fingerprints
 from fh_utils.reload.patch import Patcher
@@ -345,6 +346,11 @@ class Reloader:
                     found.caches.setdefault(entry, label)
             elif isinstance(resource, Path) and resource in self.graph.request_reads:
                 found.pages.append(resource)
+                if not probe:  # a memoised function read it: the next call reads it again
+                    for module, name in self.graph.memo_reads.get(resource, ()):
+                        if clear_memo(module, name):
+                            logger.debug("%s changed: emptied the cache of %s.%s",
+                                         display_path(resource), module, name)
         found.readers = {name for name in found.readers if name in sys.modules}
         return found
 

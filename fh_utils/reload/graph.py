@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fh_utils.reload.frames import asked_by_project
+from fh_utils.reload.frames import asked_by_project, memoised_caller, project_code
 from fh_utils.watch.filters import ignored_by_default
 
 __all__ = ["HANDLING_REQUEST", "GraphState", "Listing", "ModuleGraph", "Resource"]
@@ -102,6 +102,10 @@ class ModuleGraph:
         # Files read while a request was handled (a template, a Markdown page): a change to one
         # re-runs nothing, but the pages that show it are refreshed (`--live`).
         self.request_reads: set[Path] = set()
+        # Of those, the ones a memoised function read (functools.cache and the like): a change
+        # empties its cache, so the next call reads the file again, as in a fresh process.
+        self.memo_reads: dict[Path, set[tuple[str, str]]] = {}
+        self._memo_asked: set[tuple[Path, types.CodeType | None]] = set()  # (file, reader)
         self._written: set[Path] = set()  # files opened for writing since the reloader looked
         # The cache entry computing in this thread, if any (see fh_utils.reload.pinning.engine).
         self.computing: Callable[[], object | None] = _nothing
@@ -310,9 +314,19 @@ class ModuleGraph:
                 self._written.add(resolved)
         elif module_run:
             self.read(resolved)
-        elif resolved not in self.request_reads:
-            with self._lock:
-                self.request_reads.add(resolved)
+        else:
+            self._request_read(resolved)
+
+    def _request_read(self, resolved: Path) -> None:
+        key = (resolved, project_code(self.is_project_file))  # asked once per reading function
+        if key in self._memo_asked:
+            return
+        memo = memoised_caller(self.is_project_file)
+        with self._lock:
+            self.request_reads.add(resolved)
+            self._memo_asked.add(key)
+            if memo is not None:
+                self.memo_reads.setdefault(resolved, set()).add(memo)
 
     def listed(self, directory: object) -> None:
         """A directory's entries were listed: a module or cache entry that did depends on them.
