@@ -31,6 +31,9 @@ Sections (each next to uvicorn on the same fixture, see benchmarks/fixture.py):
 10. status: `fh_utils status --wait` (and its endpoint) right after a save, as a coding agent
    runs it: the answer after the new code is served (benchmarks/status_wait.py). `--quick`
    runs it only when named (`--only 10`).
+11. fresh-process check: ordinary edits with the check on (`--verify`) and off, the hot answer
+   each time and the check's own time to a verdict, next to uvicorn --reload
+   (benchmarks/verify.py). `--quick` runs it only when named (`--only 11`).
 
 Prints a Markdown table with each target and whether it is met, and writes every raw figure
 as JSON under benchmarks/results/ (or `--json FILE`). Targets are shown, never asserted.
@@ -60,7 +63,7 @@ from typing import Any
 import httpx
 
 from benchmarks import escalation as esc
-from benchmarks import save_to_pixels, scale, status_wait
+from benchmarks import save_to_pixels, scale, status_wait, verify
 from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
 from benchmarks.harness import ROOT, Hammer, Server, requests_per_second, wait_served
 
@@ -365,6 +368,13 @@ class Bench:
         return status_wait.run(self.workdir, self.sizes.spec(), self.sizes.status_edits,
                                self.sizes.timeout, self.log)
 
+    def verify(self) -> dict[str, Any]:
+        """(11): the fresh-process check on and off (benchmarks/verify.py)."""
+        self.log(f"11. fresh-process check: {self.sizes.dev_edits} edits with it on, as many "
+                 f"off, {self.sizes.edits} under uvicorn --reload")
+        return verify.run(self.workdir, self.sizes.spec(), self.sizes.dev_edits,
+                          self.sizes.edits, self.sizes.timeout, self.log)
+
     def pixels(self) -> dict[str, Any]:
         """(8): save to pixels with --live, full reload and morph (benchmarks/save_to_pixels.py)."""
         self.log(f"8. save to pixels: {self.sizes.pixel_edits} edits per series, headless "
@@ -392,9 +402,9 @@ def reload_log(text: str) -> list[dict[str, Any]]:
 
 
 SECTIONS = {1: "edits", 2: "scaling", 3: "heap", 4: "overhead", 5: "memory", 6: "startup",
-            7: "escalation", 8: "pixels", 9: "scale", 10: "status"}
+            7: "escalation", 8: "pixels", 9: "scale", 10: "status", 11: "verify"}
 # a browser; minutes of idling; more processes: `--quick` runs them only when named
-QUICK_SKIPS = {8, 9, 10}
+QUICK_SKIPS = {8, 9, 10, 11}
 # (1) and (2) run as one session (see Bench.edits); (2) needs (1)'s figures for its ratio.
 
 
@@ -522,6 +532,9 @@ def rows(results: dict[str, Any], sizes: Sizes) -> list[dict[str, str]]:
     status = results.get("status")
     if status:
         out += status_wait.rows(status)
+    checked = results.get("verify")
+    if checked:
+        out += verify.rows(checked)
     return out
 
 

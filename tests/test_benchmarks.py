@@ -109,3 +109,14 @@ def test_quick_status_section_reports_both_ways_of_asking(tmp_path):
     assert len(status["floor"]) == 3
     assert {row["#"] for row in data["rows"]} == {"10"}
     assert "`fh_utils status --wait` exits" in stdout
+
+
+def test_quick_verify_section_reports_the_check_on_and_off(tmp_path):
+    data, stdout = quick_run(tmp_path, "--only", "11", timeout=150)
+    checked = data["results"]["verify"]
+    assert len(checked["on"]["served_ms"]) == len(checked["off"]["served_ms"]) == 2
+    assert len(checked["on"]["check_ms"]) == 2  # a verdict for every edit
+    assert checked["on"]["switches"] == 0  # ordinary edits: never a false alarm
+    assert len(checked["reload"]["served_ms"]) == 2
+    assert {row["#"] for row in data["rows"]} == {"11"}
+    assert "with the fresh-process check on" in stdout

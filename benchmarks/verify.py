@@ -1,0 +1,112 @@
+"""(11) The fresh-process check: what it costs the hot answer, and its own time to a verdict.
+
+The fixture's ordinary edits (app.py and helpers.py in turn) under `fh_utils dev --verify`,
+then under `--no-verify`, then under `uvicorn --reload`, one server at a time. Per edit: the
+milliseconds from the write to the new text served (the hot answer, polled back to back; the
+polls are also the GET answers the check compares), then, with the check on, until its verdict
+is logged (`checked in N ms`, at debug level) before the next edit, so that no check is
+cancelled by the next save. Every verdict of an ordinary edit should be "the same": a switch to
+a fresh worker there would be a false alarm, and is counted.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.fixture import FixtureSpec, edit, generate
+from benchmarks.harness import Server, wait_served
+
+CHECKED = re.compile(r"A fresh start serves what the reload of .+ does \((\d+) GET\(s\) compared, "
+                     r"checked in (\d+) ms\)")
+DIFFERS = "a fresh start differs"
+SLACK_MS = 5.0  # the hot answer with the check on, at most this much over it off (target)
+
+
+def run(workdir: Path, spec: FixtureSpec, edits: int, reload_edits: int, timeout: float,
+        log: Callable[[str], None]) -> dict[str, Any]:
+    root = generate(workdir / "verify", spec)
+    out: dict[str, Any] = {}
+    series = (("on", "fh_utils dev", ("--verify",), edits),
+              ("off", "fh_utils dev", ("--no-verify",), edits),
+              ("reload", "uvicorn --reload", (), reload_edits))
+    n = 0
+    for name, kind, args, count in series:
+        served: list[float] = []
+        verdicts: list[float] = []
+        failed = 0
+        server = Server(kind, root, log_level="debug" if name == "on" else "warning",
+                        args=args)
+        try:
+            server.wait_ready(timeout)
+            with httpx.Client(base_url=server.url, timeout=timeout) as client:
+                for i in range(count):
+                    n += 1
+                    seen = len(CHECKED.findall(server.log))
+                    marker = edit(root, "app" if i % 2 == 0 else "helper", n)
+                    seconds, _, bad = wait_served(client, marker, timeout)
+                    served.append(seconds * 1000)
+                    failed += bad
+                    if name == "on":
+                        verdicts.append(_verdict(server, seen, timeout))
+            log_text = server.log
+        finally:
+            server.stop()
+        out[name] = {"served_ms": served, "failed": failed}
+        if name == "on":
+            out[name].update(check_ms=verdicts, switches=log_text.count(DIFFERS),
+                             compared=[int(c) for c, _ in CHECKED.findall(log_text)])
+        log(f"  {name:<7} save → served median {statistics.median(served):7.1f} ms"
+            + (f", check → verdict median {statistics.median(verdicts):.0f} ms, "
+               f"{out[name]['switches']} switch(es)" if verdicts else ""))
+    return out
+
+
+def _verdict(server: Server, seen: int, timeout: float) -> float:
+    """The check's own time to its verdict (from its start, right after the reload)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = CHECKED.findall(server.log)
+        if len(found) > seen:
+            return float(found[-1][1])
+        if DIFFERS in server.log:
+            return float("nan")
+        time.sleep(0.01)
+    raise TimeoutError(f"no verdict of the check within {timeout:.0f}s")
+
+
+def rows(results: dict[str, Any]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+
+    def row(what: str, dev: str, other: str = "", target: str = "", met: str = "") -> None:
+        out.append({"#": "11", "measurement": what, "fh_utils dev": dev, "uvicorn": other,
+                    "target": target, "met": met})
+
+    def ms(values: list[float]) -> str:
+        return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+    def mark(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    on, off, reload = results["on"], results["off"], results["reload"]
+    slower = statistics.median(on["served_ms"]) - statistics.median(off["served_ms"])
+    row(f"save → served (the hot answer) with the fresh-process check on, ms (median of "
+        f"{len(on['served_ms'])}); uvicorn --reload's", ms(on["served_ms"]),
+        ms(reload["served_ms"]), f"≤ check off + {SLACK_MS:g} ms", mark(slower <= SLACK_MS))
+    row(f"save → served with the check off (`--no-verify`), ms (median of "
+        f"{len(off['served_ms'])})", ms(off["served_ms"]))
+    checks = [c for c in on["check_ms"] if c == c]  # (nan: a switch)
+    if checks:
+        compared = statistics.median(on["compared"]) if on["compared"] else 0
+        row(f"the check's own time, from the reload to its verdict, ms (median of "
+            f"{len(checks)}; {compared:g} GET answer(s) compared each)", ms(checks))
+    row("ordinary edits the check switched to a fresh worker (false alarms); failed requests",
+        f"{on['switches']}; {on['failed'] + off['failed']}", f"—; {reload['failed']}",
+        "0; 0", mark(on["switches"] == 0 and on["failed"] + off["failed"] == 0))
+    return out
