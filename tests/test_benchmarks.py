@@ -118,5 +118,6 @@ def test_quick_verify_section_reports_the_check_on_and_off(tmp_path):
     assert len(checked["on"]["check_ms"]) == 2  # a verdict for every edit
     assert checked["on"]["switches"] == 0  # ordinary edits: never a false alarm
     assert len(checked["reload"]["served_ms"]) == 2
+    assert len(checked["on_no_model"]["check_ms"]) == 2 and checked["on_no_model"]["switches"] == 0
     assert {row["#"] for row in data["rows"]} == {"11"}
     assert "with the fresh-process check on" in stdout
