@@ -209,7 +209,8 @@ def test_loader_in_helper_module_with_arguments_cache_clear_and_cleanup(tmp_path
     assert len(computed) == 5
 
     write_models("m0")
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     assert server.get().text == f"{values} m0"
     assert [line for line in lines(runs) if line.startswith("load")] == expected_loads
     assert server.get("/info").text == expected_info
@@ -298,7 +299,8 @@ def test_concurrent_first_calls_compute_once_and_errors_are_not_cached(tmp_path,
     runs, gates = tmp_path / "runs.txt", tmp_path / "gates"
     gates.mkdir()
     write(tmp_path / "app.py", source(GATED_APP, runs, GATES_DIR=repr(str(gates))))
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
 
     def info_is(expected: tuple[int, ...]) -> bool:
         return server.get("/info").text == repr(expected)
@@ -411,7 +413,8 @@ def test_model_example_app_edit_does_not_reload_the_model(tmp_path, serve):
     work = tmp_path / "model_app"
     shutil.copytree(ROOT / "examples" / "model_app", work,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    server = serve("app.py", cwd=work)
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify", cwd=work)
     loading = "models.py: loading stdlib-bigrams"
     assert server.log.count(loading) == 1
     assert "Complete a sentence" in server.get().text
@@ -456,7 +459,8 @@ def test_start_up_failure_after_the_load_then_fix_loads_once(tmp_path, serve):
         write(tmp_path / "app.py", source(BROKEN_AT_START, runs, TEXT=text, BREAK=brk))
 
     write_app("v0", 'raise RuntimeError("broken after the load")')
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     assert server.get().status_code == 500
     assert lines(runs) == ["load"]
 

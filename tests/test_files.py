@@ -81,7 +81,8 @@ def test_json_config_edit_reruns_reader_and_its_dependents(tmp_path, serve):
         async def app(scope, receive, send):
             await JSONResponse({{**CONFIG, "prompt": PROMPT}})(scope, receive, send)
     """)
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     assert server.get().json() == {"greeting": "hello", "prompt": "be brief"}
     assert ran(log) == ["app", "settings", "other"]
 
@@ -174,7 +175,8 @@ def test_file_read_in_cached_function_clears_only_that_cache(tmp_path, serve):
             body = f"{{load_prompt()}} {{MODEL}} {{unrelated()}}"
             await PlainTextResponse(body)(scope, receive, send)
     """)
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     assert server.get().text == "first prompt w1 u"
     assert ran(runs) == ["app"] and sorted(ran(loads)) == ["model", "prompt", "unrelated"]
 
@@ -238,7 +240,8 @@ def test_app_saving_a_file_it_loads_at_import_does_not_reload(tmp_path, serve):
             await PlainTextResponse(",".join(TODOS) + " @MARK@")(scope, receive, send)
     """
     write(tmp_path / "app.py", app_src.replace("@MARK@", "first"))
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     for _ in range(3):
         server.get("/add")
     assert server.get().text == "milk,item1,item2,item3 first"
@@ -341,7 +344,8 @@ def test_ignored_paths_cause_no_reload(tmp_path, serve):
         MARK = "@MARK@"
     """
     write(tmp_path / "app.py", app_src.replace("@MARK@", "first"))
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     assert server.get().text == "vendored one | home = /usr/bin | first"
 
     write(venv_lib / "vendored.py", "WORD = 'vendored two'\n")
@@ -482,7 +486,8 @@ def test_env_file_edit_updates_environment_and_reruns_readers(tmp_path, serve):
             late = os.environ.get("LATE", "-")
             await PlainTextResponse(f"{{GREETING}} {{late}}")(scope, receive, send)
     """)
-    server = serve("app.py", "--env-file", ".env")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify", "--env-file", ".env")
     assert server.get().text == "hello -"
 
     write(tmp_path / ".env", "GREETING=bonjour\n")

@@ -42,7 +42,9 @@ def test_python_app_py_serves_once_and_reloads_from_the_importable_module(tmp_pa
     runs = tmp_path / "runs.txt"
     write(tmp_path / "helpers.py", "WORD = 'word1'\n")
     write(tmp_path / "app.py", app_source(runs, "first"))
-    server = serve("app.py", command=None)
+    # Counts the runs of this process: a fresh-process check would add its own (serve()
+    # reads FH_UTILS_VERIFY as --no-verify does).
+    server = serve("app.py", command=None, env={"FH_UTILS_VERIFY": "false"})
     body = server.get().text
     assert "first word1" in body and "name=app" in body
     assert runs_of(runs) == ["module", "load"]  # start-up work ran once

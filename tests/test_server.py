@@ -112,7 +112,8 @@ app = Starlette(routes=[Route("/", home), Route("/slow", slow)])
 def test_slow_request_does_not_hold_a_reload_past_the_drain_timeout(tmp_path, serve):
     marker = tmp_path / "slow.txt"
     write(tmp_path / "app.py", SLOW_APP.format(marker=str(marker), version="v1"))
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     assert server.get().text == "home v1"
 
     result: dict[str, Any] = {}
@@ -421,7 +422,8 @@ def test_retired_app_lifespan_shutdown_runs_after_a_save(tmp_path, serve):
                         lifespan=lifespan)
     """
     write(tmp_path / "app.py", src.format(stops=str(stops), label="one"))
-    server = serve("app.py")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify")
     assert server.get().text == "one"
     write(tmp_path / "app.py", src.format(stops=str(stops), label="two"))
     server.wait_text("two")
@@ -500,7 +502,8 @@ def test_lifespan_off_never_runs_the_app_lifespan(tmp_path, serve):
                         lifespan=lifespan)
     """
     write(tmp_path / "app.py", src.format(ran=str(ran), text="off one"))
-    server = serve("app.py", "--lifespan", "off")
+    # Counts the runs of this process: a fresh-process check would add its own.
+    server = serve("app.py", "--no-verify", "--lifespan", "off")
     assert server.get().text == "off one"
     write(tmp_path / "app.py", src.format(ran=str(ran), text="off two"))
     server.wait_text("off two")

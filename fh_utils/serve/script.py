@@ -27,6 +27,7 @@ def serve(
     live: bool = False,
     procs: int | None = None,
     allowed_hosts: Sequence[str] | str | None = None,
+    verify: bool | None = None,
     **kwargs: Any,
 ) -> None:
     """Serve the app of the calling script with in-place reloading; FastHTML's `serve()` API.
@@ -40,6 +41,8 @@ def serve(
     `reload=False` serves without watching; `live=True` refreshes open pages after each reload.
     `allowed_hosts` are Host headers accepted besides localhost and IP addresses (a proxy or
     tunnel name, `.example.com`, `*`), as `--allowed-host` (default: `$FH_UTILS_ALLOWED_HOST`).
+    `verify` checks each reload in place against a fresh process, as `--verify/--no-verify`
+    (default: `$FH_UTILS_VERIFY`, else on unless a fresh start takes over 2 s).
     `port` defaults to `$PORT` or 5001. `host` defaults to 127.0.0.1, not FastHTML's
     `0.0.0.0`: a dev server shows tracebacks and source, so it serves this machine only unless
     you pass `host="0.0.0.0"`. Other keyword arguments go to `uvicorn.Config` (`root_path`,
@@ -102,6 +105,7 @@ def serve(
         reload_excludes=_listify(reload_excludes),
         allowed_hosts=resolve_hosts(allowed_hosts),
         host_hint="serve(allowed_hosts=['{name}'])",
+        verify=verify if verify is not None else _env_flag("FH_UTILS_VERIFY"),
         uvicorn=kwargs,
     )
     try:
@@ -127,6 +131,14 @@ def _adopt(main: types.ModuleType, name: str) -> None:
     from fh_utils.reload import pinning as cache
 
     cache.engine.rename_module(old, name)
+
+
+def _env_flag(name: str) -> bool | None:
+    """A boolean environment variable as click reads one; None when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    return value in ("1", "true", "t", "yes", "y", "on")
 
 
 def _listify(value: Sequence[str] | str | None) -> list[str]:

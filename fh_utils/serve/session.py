@@ -300,7 +300,7 @@ class DevSession:
             await self.switch.discard(generation)
             return False
         await self.switch.commit(generation)
-        self.events.loaded(self.options.target.label, 0, tier="restart")
+        self.events.loaded(self.options.target.label, self.load_seconds * 1000, tier="restart")
         self._changes.update(reply[1])
         if self._changes:
             self._changed.set()
