@@ -163,3 +163,33 @@ def test_differences_name_what_differs():
                         answers={get: Answer(200, "c")})
     assert differences(hot, fresh.agreeing(noise), {get: Answer(404, "a")}, limit=10) == [
         "route / runs other code", "route /new only in a fresh start"]
+
+
+def test_an_app_that_writes_a_file_it_reads_is_not_checked(tmp_path, serve):
+    """A fresh start would write state.json again, which the hot server would take for an
+    edit: a reload, its check, another write, forever. Such an app is not checked, and the
+    log says why, once."""
+    write(tmp_path / "state.json", '{"starts": 0}\n')
+    write(tmp_path / "store.py", """
+        import json
+        STATE = json.load(open("state.json"))
+        STATE["starts"] += 1
+        json.dump(STATE, open("state.json", "w"))
+    """)
+    app = """
+        from starlette.responses import PlainTextResponse
+        from store import STATE
+
+        async def app(scope, receive, send):
+            await PlainTextResponse(f"{{STATE['starts']}} {mark}")(scope, receive, send)
+    """
+    write(tmp_path / "app.py", app.format(mark="m1"))
+    server = serve("app.py")
+    write(tmp_path / "app.py", app.format(mark="m2"))
+    server.wait_text("1 m2")
+    server.wait_log("not checked against a fresh process: the app writes state.json, which "
+                    "it also reads")
+    status = server.client.get("/__fh_utils_live__/status", params={"wait": "10"}).json()
+    assert status["live"] and "verify" not in status
+    assert server.get().text == "1 m2" and server.log.count("Reloaded ") == 1
+    assert server.log.count("not checked against a fresh process") == 1

@@ -595,6 +595,13 @@ class Reloader:
         assert self.env is not None
         return f"{display_path(self.env.path)} ({', '.join(sorted(changes))})"
 
+    def written_and_read(self) -> list[Path]:
+        """Project files the app changed (at import or while serving; not those it made, as
+        FastHTML makes `.sesskey`) that a module or a cached function reads: a fresh process
+        of the same project changes them again, which this one would take for an edit (what
+        the fresh-process check must not cause)."""
+        return sorted(p for p in self.graph.overwritten if any(self.graph.readers([p])))
+
     def _remember_writes(self) -> None:
         """What the app itself wrote, as it is now: a change event that finds a file in this
         state is the app's write, not the user's edit."""

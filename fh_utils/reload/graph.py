@@ -102,6 +102,9 @@ class ModuleGraph:
         # Files read while a request was handled (a template, a Markdown page): a change to one
         # re-runs nothing, but the pages that show it are refreshed (`--live`).
         self.request_reads: set[Path] = set()
+        # Project files the app opened for writing that were there already (`_written` has
+        # those it made too): a fresh process of the project writes them again.
+        self.overwritten: set[Path] = set()
         # Of those, the ones a memoised function read (functools.cache and the like): a change
         # empties its cache, so the next call reads the file again, as in a fresh process.
         self.memo_reads: dict[Path, set[tuple[str, str]]] = {}
@@ -310,8 +313,11 @@ class ModuleGraph:
         if not self.is_project_file(resolved):
             return
         if write:
+            existed = resolved.exists()
             with self._lock:
                 self._written.add(resolved)
+                if existed:  # changed, not made: a fresh process would change it again
+                    self.overwritten.add(resolved)
         elif module_run:
             self.read(resolved)
         else:

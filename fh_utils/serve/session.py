@@ -24,7 +24,7 @@ from fh_utils.browser.live import (
 )
 from fh_utils.reload import effects, pinning
 from fh_utils.reload.engine import Outcome, Reloader
-from fh_utils.reload.errors import Failure
+from fh_utils.reload.errors import Failure, display_path
 from fh_utils.reload.report import log_reloaded, with_traceback
 from fh_utils.serve.channel import Channel
 from fh_utils.serve.escalation import Candidate, Ladder, PendingRestart
@@ -196,6 +196,7 @@ class DevSession:
         self._applying = asyncio.Lock()  # a reload, or the check switching to its worker
         self._told_unchecked = False
         self._awaiting_worker = False  # a restart's new worker is starting: a save gives it up
+        self._saves = 0  # saves that matter, counted as the watcher reports them
         if options.reload == "fast" and options.verify is not False:
             self.switch.recorder = Recorder()
         self.ladder = Ladder(self.reloader, self.switch, self._adapt, self._newer,
@@ -409,13 +410,16 @@ class DevSession:
         self._changes.update(paths)
         self._changed.set()
         self._idle.clear()
-        if not self.switch.starting and not self._awaiting_worker:
-            return  # only a lifespan startup still pending needs to know (and is cancelled)
         try:
-            if self.reloader.relevant(paths):
-                self._newer.set()
+            relevant = self.reloader.relevant(paths)
         except Exception:
             logger.debug("Could not tell whether %s matter", paths, exc_info=True)
+            return
+        if not relevant:  # e.g. a log file the app writes
+            return
+        self._saves += 1  # (the fresh-process check: what it compares may be older)
+        if self.switch.starting or self._awaiting_worker:
+            self._newer.set()  # a lifespan startup or a new worker pending is given up
 
     async def _apply_changes(self) -> None:
         """Apply changes as they arrive; an exception in one reload never stops the next."""
@@ -442,24 +446,38 @@ class DevSession:
         when that takes longer than `timeout` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        watcher = self._watcher
-        if watcher is not None and not self._stop.is_set():
-            seen: asyncio.Future[None] = loop.create_future()
-
-            def done() -> None:  # in the watcher's thread, after it reported the changes
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(_resolve, seen)
-
-            watcher.flush(done)
-            try:
-                await asyncio.wait_for(seen, min(FLUSH, timeout))
-            except TimeoutError:
-                logger.debug("The file watcher did not answer a flush within %.1f s", FLUSH)
+        await self._flush_watcher(min(FLUSH, timeout))
         try:
             await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             return False
         return True
+
+    async def _flush_watcher(self, timeout: float) -> None:
+        """Return once the watcher reported every change made before the call (`_arrived`
+        ran for them), or after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        watcher = self._watcher
+        if watcher is None or self._stop.is_set():
+            return
+        seen: asyncio.Future[None] = loop.create_future()
+
+        def done() -> None:  # in the watcher's thread, after it reported the changes
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(_resolve, seen)
+
+        watcher.flush(done)
+        try:
+            await asyncio.wait_for(seen, timeout)
+        except TimeoutError:
+            logger.debug("The file watcher did not answer a flush within %.1f s", timeout)
+
+    async def _saved_since(self, saves: int) -> bool:
+        """Whether a save that matters was made since `saves` were counted: a fresh worker
+        started before it may have imported it, so what it serves is no verdict on the reload
+        before (that save gets its own reload, and its own check)."""
+        await self._flush_watcher(FLUSH)
+        return self._saves != saves
 
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
         return self.watch(change, path) and self.reloader.graph.is_project_file(path)
@@ -468,6 +486,7 @@ class DevSession:
     async def apply(self, paths: set[Path]) -> Outcome | None:
         """Reload for these changed files and make the result live (or report why not)."""
         started = time.perf_counter()
+        saves = self._saves  # those this reload applies: a later one makes its check moot
         paths = await self._atomic_saves(paths)
         static = sorted(p for p in paths if p.suffix.lower() in STATIC_SUFFIXES)
         plan = self.reloader.plan(paths)
@@ -517,7 +536,7 @@ class DevSession:
                 await self._notify(lambda listener: listener.reloaded(outcome))
             if check is not None and not self.retiring:
                 self._check = asyncio.get_running_loop().create_task(
-                    self._verify(outcome, check, time.monotonic()))
+                    self._verify(outcome, check, time.monotonic(), saves))
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
             logger.warning("Could not update in place: %s",
@@ -552,7 +571,16 @@ class DevSession:
 
     def _worth_checking(self) -> bool:
         """Unless --verify asks for it, a project whose fresh start is slow is not checked: the
-        check would load its model again, behind the user's back. Said once."""
+        check would load its model again, behind the user's back. Nor is one that writes a
+        file it reads (even with --verify). Said once."""
+        written = self.reloader.written_and_read()
+        if written:  # its fresh worker would write them again: a reload, a check, a write...
+            if not self._told_unchecked:
+                self._told_unchecked = True
+                logger.info("Reloads in place are not checked against a fresh process: the app "
+                            "writes %s, which it also reads, and a fresh start would write it "
+                            "again", ", ".join(display_path(p) for p in written[:3]))
+            return False
         if self.options.verify:
             return True
         slowest, name = pinning.engine.slowest()
@@ -572,7 +600,8 @@ class DevSession:
             self._check.cancel()
         self._check = None
 
-    async def _verify(self, outcome: Outcome, hot: Description, reloaded: float) -> None:
+    async def _verify(self, outcome: Outcome, hot: Description, reloaded: float,
+                      saves: int) -> None:
         """Start the edited project in a fresh worker and compare; when they differ, the fresh
         worker serves from now on. Never holds a request; a newer save cancels it."""
         recorder = self.switch.recorder
@@ -581,7 +610,7 @@ class DevSession:
         started = time.perf_counter()
         candidate, failure = await self.ladder.candidate()
         if candidate is None:
-            if failure is not None:
+            if failure is not None and not await self._saved_since(saves):
                 logger.warning("Reloaded %s in place, but a fresh start of the same files "
                                "fails: %s", files, with_traceback(failure))
                 self._verified(outcome, started, ["a fresh start fails: " + failure.summary])
@@ -591,6 +620,11 @@ class DevSession:
                                              VERIFY_DESCRIBE)
             answers = await self._hot_answers(recorder, fresh, reloaded)
             found = differences(hot, fresh, answers) if fresh is not None else []
+            if found and await self._saved_since(saves):
+                logger.debug("The check of %s is given up: a newer save is checked on its "
+                             "own", files)
+                await candidate.dismiss()
+                return
             if found:  # confirmed by a second fresh start, or it was the process's own
                 assert fresh is not None
                 found = await self._confirm(hot, fresh, answers, recorder.requests())
@@ -611,7 +645,7 @@ class DevSession:
             self._verified(outcome, started, found, compared=len(answers))
             return
         async with self._applying:  # no reload runs meanwhile; a save waits for the switch
-            if self.retiring:
+            if self.retiring or await self._saved_since(saves):
                 await candidate.dismiss()
                 return
             switching = time.perf_counter()
