@@ -102,13 +102,13 @@ class ModuleGraph:
         # Files read while a request was handled (a template, a Markdown page): a change to one
         # re-runs nothing, but the pages that show it are refreshed (`--live`).
         self.request_reads: set[Path] = set()
-        # Project files the app opened for writing that were there already (`_written` has
-        # those it made too): a fresh process of the project writes them again.
-        self.overwritten: set[Path] = set()
         # Of those, the ones a memoised function read (functools.cache and the like): a change
         # empties its cache, so the next call reads the file again, as in a fresh process.
         self.memo_reads: dict[Path, set[tuple[str, str]]] = {}
         self._memo_asked: set[tuple[Path, types.CodeType | None]] = set()  # (file, reader)
+        # Project files the app opened for writing that were there already (`_written` has
+        # those it made too): a fresh process of the project writes them again.
+        self.overwritten: set[Path] = set()
         self._written: set[Path] = set()  # files opened for writing since the reloader looked
         # The cache entry computing in this thread, if any (see fh_utils.reload.pinning.engine).
         self.computing: Callable[[], object | None] = _nothing
