@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fh_utils.serve.verify import Answer, Description, Get, differences
+from fh_utils.serve.verify import Answer, Description, Get, Recorder, differences
 from tests.conftest import RELOAD_TIMEOUT, wait_until, write
 from tests.test_faithful import assert_matches_cold, cold
 from tests.test_shutdown import children, session_pids
@@ -193,3 +193,29 @@ def test_an_app_that_writes_a_file_it_reads_is_not_checked(tmp_path, serve):
     assert status["live"] and "verify" not in status
     assert server.get().text == "1 m2" and server.log.count("Reloaded ") == 1
     assert server.log.count("not checked against a fresh process") == 1
+
+
+def test_the_recorder_hashes_answers_only_while_a_check_wants_them():
+    """At rest a GET is noted (the fresh worker replays it), its body never hashed."""
+    recorder = Recorder()
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", b"a=1")]}
+    response = [{"type": "http.response.start", "status": 200,
+                 "headers": [(b"content-length", b"2")]},
+                {"type": "http.response.body", "body": b"ok"}]
+
+    def serve_once() -> None:
+        seen = recorder.observe(scope)
+        assert seen is not None
+        for message in response:
+            seen(message)
+
+    serve_once()
+    assert recorder.requests() == [Get("/", b"", ((b"cookie", b"a=1"),))]
+    assert recorder.answers_since(0) == {}
+    recorder.want()
+    serve_once()
+    answers = recorder.answers_since(recorder.epoch)
+    assert [a.status for a in answers.values()] == [200] and all(a.digest for a in answers.values())
+    recorder.release()
+    serve_once()
+    assert recorder.answers_since(0) == {}

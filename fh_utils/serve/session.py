@@ -534,9 +534,15 @@ class DevSession:
             log_reloaded(outcome, started)
             if not self.retiring:
                 await self._notify(lambda listener: listener.reloaded(outcome))
-            if check is not None and not self.retiring:
-                self._check = asyncio.get_running_loop().create_task(
-                    self._verify(outcome, check, time.monotonic(), saves))
+            if check is not None and self.switch.recorder is not None:
+                recorder = self.switch.recorder
+                if self.retiring:
+                    recorder.release()
+                else:
+                    self._check = asyncio.get_running_loop().create_task(
+                        self._verify(outcome, check, time.monotonic(), saves))
+                    # Also when cancelled before it ran: its body would not.
+                    self._check.add_done_callback(lambda _: recorder.release())
         patch = self.reloader.last_patch
         if patch is not None and patch.skipped:
             logger.warning("Could not update in place: %s",
@@ -565,7 +571,7 @@ class DevSession:
         recorder = self.switch.recorder
         if recorder is None or self.zygote is None or not self._worth_checking():
             return None
-        recorder.epoch += 1  # answers from now on are the new code's
+        recorder.want()  # answers from now on are the new code's, and compared
         modules = [sys.modules[m] for m in outcome.reran if m in sys.modules]
         return describe(self.reloader.app, modules, self.reloader.graph.is_project_file)
 

@@ -78,12 +78,13 @@ class Answer(NamedTuple):
 
 
 class _Body:
-    """Folds a response's messages into an `Answer`; None for a stream or a large body."""
+    """Folds a response's messages into an `Answer`; None for a stream or a large body.
+    Without `hashing`, only whether it is one to compare (its answer's digest is empty)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hashing: bool = True) -> None:
         self.status = 0
         self.size = 0
-        self.hash = hashlib.sha1(usedforsecurity=False)
+        self.hash = hashlib.sha1(usedforsecurity=False) if hashing else None
         self.done = False
         self.useless = False
 
@@ -98,25 +99,36 @@ class _Body:
             self.size += len(body)
             if self.size > BODY_CAP:
                 self.useless = True
-            else:
+            elif self.hash is not None:
                 self.hash.update(body)
             self.done = not message.get("more_body", False)
 
     def answer(self) -> Answer | None:
         if self.useless or not self.done:
             return None
-        return Answer(self.status, self.hash.hexdigest()[:16])
+        return Answer(self.status, self.hash.hexdigest()[:16] if self.hash is not None else "")
 
 
 class Recorder:
     """The hot side: the GET requests the app answered lately, with the last answer each got
     and the `epoch` (the reloads done when the request began) it got it in. It only watches
-    what the app sends."""
+    what the app sends. Bodies are hashed only while a check `want`s answers: at rest, a
+    request costs a few dict operations, never a pass over its body."""
 
     def __init__(self) -> None:
-        self.recent: OrderedDict[Get, tuple[int, Answer]] = OrderedDict()
+        self.recent: OrderedDict[Get, tuple[int, Answer | None]] = OrderedDict()
         self.updated = asyncio.Event()
         self.epoch = 0
+        self._wanting = 0  # checks waiting for answers
+
+    def want(self) -> None:
+        """A reload in place is committed: answers from now on are the new code's, and a
+        check compares them (until `release`)."""
+        self.epoch += 1
+        self._wanting += 1
+
+    def release(self) -> None:
+        self._wanting -= 1
 
     def observe(self, scope: Scope) -> Callable[[Message], None] | None:
         """An observer of the response's messages, for a GET worth replaying; else None."""
@@ -124,14 +136,15 @@ class Recorder:
             return None
         get = Get.from_scope(scope)
         serial = self.epoch
-        body = _Body()
+        hashing = self._wanting > 0
+        body = _Body(hashing)
 
         def seen(message: Message) -> None:
             body.feed(message)
             if body.done or body.useless:
                 answer = body.answer()
                 if answer is not None:
-                    self.recent[get] = (serial, answer)
+                    self.recent[get] = (serial, answer if hashing else None)
                     self.recent.move_to_end(get)
                     while len(self.recent) > RECENT:
                         self.recent.popitem(last=False)
@@ -144,7 +157,8 @@ class Recorder:
 
     def answers_since(self, epoch: int) -> dict[Get, Answer]:
         """The answers to requests that began in `epoch` or later."""
-        return {get: answer for get, (at, answer) in self.recent.items() if at >= epoch}
+        return {get: answer for get, (at, answer) in self.recent.items()
+                if at >= epoch and answer is not None}
 
 
 async def _answer(app: ASGIApp, state: dict[str, Any], get: Get, timeout: float
