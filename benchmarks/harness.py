@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +31,16 @@ COMMANDS = {
     "uvicorn --reload": ["-m", "uvicorn", "app:app", "--reload"],
     "uvicorn": ["-m", "uvicorn", "app:app"],
 }
+
+
+def median_range(values: list[float]) -> str:
+    """A table cell: median (min–max)."""
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+
+def met(ok: bool) -> str:
+    """A table's "met" cell."""
+    return "✅" if ok else "❌ missed"
 
 
 def free_port() -> int:

@@ -66,6 +66,8 @@ from benchmarks import escalation as esc
 from benchmarks import save_to_pixels, scale, status_wait, verify
 from benchmarks.fixture import EDITS, FixtureSpec, edit, generate
 from benchmarks.harness import ROOT, Hammer, Server, requests_per_second, wait_served
+from benchmarks.harness import median_range as _ms
+from benchmarks.harness import met as _mark
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEV, RELOAD, PLAIN = "fh_utils dev", "uvicorn --reload", "uvicorn"
@@ -409,14 +411,6 @@ QUICK_SKIPS = {8, 9, 10, 11}
 
 
 # --- reporting -------------------------------------------------------------------------------
-
-
-def _ms(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
-
-
-def _mark(ok: bool) -> str:
-    return "✅" if ok else "❌ missed"
 
 
 def _slowest(series: dict[str, Any]) -> float:

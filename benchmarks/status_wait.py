@@ -29,6 +29,8 @@ import httpx
 
 from benchmarks.fixture import FixtureSpec, edit, generate
 from benchmarks.harness import ROOT, Server
+from benchmarks.harness import median_range as ms
+from benchmarks.harness import met as mark
 
 TARGET_MS = 50.0  # the answer after the new code is served
 STATUS = "/__fh_utils_live__/status"
@@ -104,12 +106,6 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
     def row(what: str, dev: str, target: str = "", met: str = "") -> None:
         out.append({"#": "10", "measurement": what, "fh_utils dev": dev, "uvicorn": "",
                     "target": target, "met": met})
-
-    def ms(values: list[float]) -> str:
-        return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
-
-    def mark(ok: bool) -> str:
-        return "yes" if ok else "**no**"
 
     endpoint, cli, floor = results["endpoint"], results["cli"], results["floor"]
     if endpoint:

@@ -29,6 +29,8 @@ import httpx
 
 from benchmarks.fixture import FixtureSpec, edit, generate
 from benchmarks.harness import Server, wait_served
+from benchmarks.harness import median_range as ms
+from benchmarks.harness import met as mark
 
 CHECKED = re.compile(r"A fresh start serves what the reload of .+ does \((\d+) GET\(s\) compared, "
                      r"checked in (\d+) ms\)")
@@ -131,12 +133,6 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
     def row(what: str, dev: str, other: str = "", target: str = "", met: str = "") -> None:
         out.append({"#": "11", "measurement": what, "fh_utils dev": dev, "uvicorn": other,
                     "target": target, "met": met})
-
-    def ms(values: list[float]) -> str:
-        return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
-
-    def mark(ok: bool) -> str:
-        return "yes" if ok else "**no**"
 
     on, off, reload = results["on"], results["off"], results["reload"]
     slower = statistics.median(on["served_ms"]) - statistics.median(off["served_ms"])
