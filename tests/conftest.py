@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 from websockets.exceptions import ConnectionClosed
 
 STARTUP_TIMEOUT = 60.0
@@ -182,3 +183,24 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., DevServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+# --- a real headless Chromium -----------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"  # scripts/test.sh installs it when missing
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One Chromium per test module, closed with it."""
+    assert Path(CHROMIUM).exists(), "Chromium is missing: run scripts/test.sh, which installs it"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from fh_utils.browser.live import LIVE_PATH
 from fh_utils.serve.events import EVENTS_PATH, STATUS_PATH
 from tests.conftest import RELOAD_TIMEOUT, child_env, wait_until, write
-from tests.test_live_browser import CHROMIUM, CHROMIUM_ARGS
 
 HTMX = Path(__file__).parent / "assets" / "htmx-2.0.11.min.js"
 WAIT_MS = RELOAD_TIMEOUT * 1000
@@ -57,17 +56,6 @@ app = Starlette(routes=[
     Mount("/static", StaticFiles(directory=Path(__file__).parent / "static")),
 ])
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Chromium is missing: run scripts/test.sh, which installs it"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -193,30 +193,38 @@ def test_file_read_in_cached_function_clears_only_that_cache(tmp_path, serve):
     assert "load_model() read weights.txt, which changed: cache cleared" in server.log
 
 
-def test_module_updating_a_file_it_reads_does_not_reload_itself(tmp_path, serve):
-    write(tmp_path / "state.json", '{"starts": 0}\n')
-    write(tmp_path / "store.py", """
-        import json
-        STATE = json.load(open("state.json"))
-        STATE["starts"] += 1
-        json.dump(STATE, open("state.json", "w"))
-    """)
-    app_src = """
-        from starlette.responses import PlainTextResponse
-        from store import STATE
+# store.py counts the starts in state.json: it reads the file, then writes it.
+COUNTING_STORE = """
+    import json
+    STATE = json.load(open("state.json"))
+    STATE["starts"] += 1
+    json.dump(STATE, open("state.json", "w"))
+"""
+COUNTING_APP = """
+    from starlette.responses import PlainTextResponse
+    from store import STATE
 
-        async def app(scope, receive, send):
-            await PlainTextResponse(f"{{STATE['starts']}} {mark}")(scope, receive, send)
-    """
-    write(tmp_path / "app.py", app_src.format(mark="m1"))
+    async def app(scope, receive, send):
+        await PlainTextResponse(f"{{STATE['starts']}} {mark}")(scope, receive, send)
+"""
+
+
+def counting_project(tmp_path: Path, mark: str) -> None:
+    write(tmp_path / "state.json", '{"starts": 0}\n')
+    write(tmp_path / "store.py", COUNTING_STORE)
+    write(tmp_path / "app.py", COUNTING_APP.format(mark=mark))
+
+
+def test_module_updating_a_file_it_reads_does_not_reload_itself(tmp_path, serve):
+    counting_project(tmp_path, "m1")
     server = serve("app.py")
     assert server.get().text == "1 m1"
-    write(tmp_path / "app.py", app_src.format(mark="m2"))
+    write(tmp_path / "app.py", COUNTING_APP.format(mark="m2"))
     server.wait_text("m2")
     assert server.get().text == "1 m2"  # store did not re-run: its own write is no edit
     write(tmp_path / "state.json", '{"starts": 10}\n')  # the user's edit is one
     server.wait_text("11 m2")
-    write(tmp_path / "app.py", app_src.format(mark="m3"))
+    write(tmp_path / "app.py", COUNTING_APP.format(mark="m3"))
     server.wait_text("11 m3")
     assert [r.split(" in ")[0] for r in reloads(server.log)] == [
         "app.py", "state.json (+1 dependent)", "app.py"

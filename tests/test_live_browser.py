@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from fh_utils.browser.live import LIVE_PATH, MARKER
 from tests.conftest import (
@@ -23,11 +23,6 @@ from tests.conftest import (
     write,
 )
 
-CHROMIUM = "/usr/bin/chromium"  # scripts/test.sh installs it when missing
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 WAIT_MS = RELOAD_TIMEOUT * 1000
 
 FASTHTML_APP = """
@@ -77,17 +72,6 @@ def fasthtml_app(text: str) -> str:
 
 def starlette_app(text: str) -> str:
     return STARLETTE_APP.replace("TEXT", text)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Chromium is missing: run scripts/test.sh, which installs it"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from tests import test_live_browser as browser_tests
 from tests.conftest import RELOAD_TIMEOUT, wait_until, write
 from tests.test_live_browser import WAIT_MS, fasthtml_app
 
-browser, new_page, project = browser_tests.browser, browser_tests.new_page, browser_tests.project
+new_page, project = browser_tests.new_page, browser_tests.project
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

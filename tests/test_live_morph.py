@@ -16,7 +16,7 @@ from tests import test_live_browser as browser_tests
 from tests.conftest import RELOAD_TIMEOUT, write
 from tests.test_live_browser import WAIT_MS, h1_text_is, open_live
 
-browser, new_page, project = browser_tests.browser, browser_tests.new_page, browser_tests.project
+new_page, project = browser_tests.new_page, browser_tests.project
 
 FORM_APP = """
 from fasthtml.common import H1, Input, Link, Main, Option, Select, Textarea, fast_app

@@ -342,7 +342,7 @@ def test_the_iframe_in_a_browser_fits_its_page_and_refreshes_after_each_cell(tmp
     FastHTML page reports, and with --live refreshes after a cell that changed the page."""
     from playwright.sync_api import Page, sync_playwright
 
-    from tests.test_live_browser import CHROMIUM, CHROMIUM_ARGS
+    from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
     # Playwright's sync API runs an event loop of its own: it gets a thread of its own, so
     # that nbclient's loop in this one is left alone.

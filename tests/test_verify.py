@@ -10,6 +10,7 @@ import pytest
 from fh_utils.serve.verify import Answer, Description, Get, Recorder, differences
 from tests.conftest import RELOAD_TIMEOUT, wait_until, write
 from tests.test_faithful import assert_matches_cold, cold
+from tests.test_files import COUNTING_APP, counting_project
 from tests.test_shutdown import children, session_pids
 
 # `banner` reads the title through sys.modules: no import edge, so no rule of the reloader
@@ -169,23 +170,9 @@ def test_an_app_that_writes_a_file_it_reads_is_not_checked(tmp_path, serve):
     """A fresh start would write state.json again, which the hot server would take for an
     edit: a reload, its check, another write, forever. Such an app is not checked, and the
     log says why, once."""
-    write(tmp_path / "state.json", '{"starts": 0}\n')
-    write(tmp_path / "store.py", """
-        import json
-        STATE = json.load(open("state.json"))
-        STATE["starts"] += 1
-        json.dump(STATE, open("state.json", "w"))
-    """)
-    app = """
-        from starlette.responses import PlainTextResponse
-        from store import STATE
-
-        async def app(scope, receive, send):
-            await PlainTextResponse(f"{{STATE['starts']}} {mark}")(scope, receive, send)
-    """
-    write(tmp_path / "app.py", app.format(mark="m1"))
+    counting_project(tmp_path, "m1")
     server = serve("app.py")
-    write(tmp_path / "app.py", app.format(mark="m2"))
+    write(tmp_path / "app.py", COUNTING_APP.format(mark="m2"))
     server.wait_text("1 m2")
     server.wait_log("not checked against a fresh process: the app writes state.json, which "
                     "it also reads")
