@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,6 +169,32 @@ def test_a_source_file_open_for_writing_is_reported_once_its_writer_closes_it(tm
         file.flush()  # truncated, then half written: a reload now would run the half
         with pytest.raises(queue.Empty):
             reports.get(timeout=0.5)
+        file.write("second = 'half'\n")
+    assert paths(reports, {target}) == {str(target)}
+
+
+@linux_only  # the hold needs the doorbell's IN_CLOSE_WRITE
+def test_a_source_file_open_for_writing_is_held_past_the_debounce_cap(tmp_path, watched,
+                                                                     monkeypatch):
+    # Another file written all the time (the server's own log, in the project folder) keeps the
+    # burst going until its cap: a half-written source file must still wait for its writer.
+    reports, _ = watched
+    monkeypatch.setattr(watcher_module, "DEBOUNCE_MS", 100)
+    target = tmp_path / "app.py"
+    log = tmp_path / "server.log"
+    with open(target, "w") as file, open(log, "a") as busy:
+        file.write("first = 'half'\n")
+        file.flush()
+        window = time.monotonic() + 0.6
+        while time.monotonic() < window:
+            busy.write("GET / 200\n")
+            busy.flush()
+            time.sleep(0.002)  # pacing the writer, as requests do (not waiting on anything)
+            try:
+                report = reports.get_nowait()
+            except queue.Empty:
+                continue
+            assert str(target) not in {path for _, path in report}, "reported half-written"
         file.write("second = 'half'\n")
     assert paths(reports, {target}) == {str(target)}
 

@@ -218,7 +218,8 @@ class Watcher:
         A source file written in place (truncated, then written) may be quiet for a moment
         half-written, when its writer is slow or the machine loaded: while a `.py` file is
         open for writing, the burst goes on until its writer closes it (`WRITE_WAIT_MS` at
-        most), so that no reload reads the half.
+        most, counted from the quiet moment or from the `DEBOUNCE_MS` cap), so that no reload
+        reads the half.
         """
         deadline = write_deadline = None
         timeout: float | None = None
@@ -260,6 +261,14 @@ class Watcher:
             marker.make()  # after what was read: see `_collect`
             deadline = deadline or now + DEBOUNCE_MS / 1000
             if now > deadline:
+                # Changes that never stop (a log in the project) end the burst here, but a
+                # source file still open for writing is held for its writer all the same.
+                if doorbell.writing:
+                    write_deadline = write_deadline or now + WRITE_WAIT_MS / 1000
+                    if now < write_deadline:
+                        timeout = self.quiet_ms / 1000
+                        continue
+                    logger.debug("Still open for writing: %s", ", ".join(doorbell.writing))
                 doorbell.writing.clear()
                 return True
             timeout = self.quiet_ms / 1000
