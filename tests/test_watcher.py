@@ -3,6 +3,7 @@ never half-written; close() ends it."""
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import subprocess
@@ -196,6 +197,39 @@ def test_a_source_file_open_for_writing_is_held_past_the_debounce_cap(tmp_path, 
                 continue
             assert str(target) not in {path for _, path in report}, "reported half-written"
         file.write("second = 'half'\n")
+    assert paths(reports, {target}) == {str(target)}
+
+
+@linux_only  # the hold needs the doorbell's IN_CLOSE_WRITE
+def test_a_source_file_truncated_while_a_burst_is_collected_waits_for_its_writer(
+        tmp_path, watched, monkeypatch):
+    # A burst of other changes (the server's log line for the last request) has just gone quiet
+    # when an editor truncates app.py: what watchfiles hands over may already hold app.py.
+    reports, _ = watched
+    target = tmp_path / "app.py"
+    collect = Watcher._collect
+    writer: list[io.TextIOWrapper] = []
+
+    def collect_as_the_editor_saves(self, *args):
+        changes = collect(self, *args)
+        if writer or changes is None:
+            return changes
+        writer.append(open(target, "w"))  # noqa: SIM115 (closed below)
+        writer[0].write("first = 'half'\n")
+        writer[0].flush()
+        return changes | {(int(Change.modified), str(target))}  # (as watchfiles would have)
+
+    monkeypatch.setattr(Watcher, "_collect", collect_as_the_editor_saves)
+    (tmp_path / "server.log").write_text("GET / 200\n")
+    try:
+        with pytest.raises(queue.Empty):  # (the log alone is filtered out: no report)
+            while str(target) not in {path for _, path in reports.get(timeout=0.5)}:
+                pass
+        assert writer, "no burst was collected"
+        writer[0].write("second = 'half'\n")
+    finally:
+        for file in writer:
+            file.close()
     assert paths(reports, {target}) == {str(target)}
 
 

@@ -163,8 +163,10 @@ class Watcher:
                 logger.exception("A flush of the file watcher failed")
 
     def _loop(self, doorbell: _Doorbell, notify: Notifier, marker: _Marker) -> None:
+        held: set[tuple[int, str]] = set()
+        ringing = False
         while not self.stop.is_set():
-            if not self._burst(doorbell, marker):
+            if not self._burst(doorbell, marker, ringing):
                 return
             # Nothing more for `quiet_ms`: the burst (an editor's atomic save) is over. Take
             # what watchfiles saw up to now, and nothing of it later: see `_collect`.
@@ -173,6 +175,16 @@ class Watcher:
                 return
             found = {(int(Change.added), path) for path in doorbell.take_found()}
             covered, self._covered = self._covered, []
+            # What watchfiles saw may go past the quiet moment: a source file a writer has just
+            # truncated is held back, and reported with the burst that sees it closed.
+            ringing = _readable(doorbell.fd)
+            if ringing:
+                self._covered += self._take_flushes()  # (before the read: it covers them)
+                doorbell.drain()
+                marker.make()
+            changes |= held
+            held = {(change, path) for change, path in changes if path in doorbell.writing}
+            changes -= held
             try:
                 if changes or found:
                     self._report(changes | found)
@@ -211,9 +223,9 @@ class Watcher:
         marker.clear()
         return {(change, path) for change, path in collected if not marker.owns(path)}
 
-    def _burst(self, doorbell: _Doorbell, marker: _Marker) -> bool:
-        """Sleep until the doorbell rings, then until it stays quiet for `quiet_ms` (at most
-        `DEBOUNCE_MS`). False when stopped.
+    def _burst(self, doorbell: _Doorbell, marker: _Marker, ringing: bool = False) -> bool:
+        """Sleep until the doorbell rings (`ringing`: it has, and was read), then until it stays
+        quiet for `quiet_ms` (at most `DEBOUNCE_MS`). False when stopped.
 
         A source file written in place (truncated, then written) may be quiet for a moment
         half-written, when its writer is slow or the machine loaded: while a `.py` file is
@@ -223,6 +235,8 @@ class Watcher:
         """
         deadline = write_deadline = None
         timeout: float | None = None
+        if ringing:
+            deadline, timeout = time.monotonic() + DEBOUNCE_MS / 1000, self.quiet_ms / 1000
         # poll(), not select(): select() fails on a descriptor numbered 1024 or more, which an
         # app with many open files (a database pool, a model's shards) reaches.
         poller = select.poll()
