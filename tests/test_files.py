@@ -21,7 +21,9 @@ import httpx
 import pytest
 
 from fh_utils.reload import tracking
+from fh_utils.reload.engine import Repeats
 from fh_utils.reload.graph import ModuleGraph
+from fh_utils.serve import events
 from tests.conftest import write
 from tests.test_faithful import assert_matches_cold
 
@@ -191,6 +193,52 @@ def test_file_read_in_cached_function_clears_only_that_cache(tmp_path, serve):
     assert ran(runs) == ["app", "app"]
     assert ran(loads)[4:] == ["model"]
     assert "load_model() read weights.txt, which changed: cache cleared" in server.log
+
+
+def test_a_change_reported_again_for_the_same_bytes_computes_nothing_again(tmp_path, serve):
+    # watchfiles may hand one write's events over in two bursts (the truncation, then the
+    # bytes); a file touched with its own times is reported the same way. Computing a pinned
+    # model again for what is the same file costs what a real edit would.
+    loads, weights = tmp_path / "loads.txt", tmp_path / "weights.txt"
+    write(weights, "w1\n")
+    write(tmp_path / "app.py", f"""
+        from pathlib import Path
+        from starlette.responses import PlainTextResponse
+        from fh_utils import no_reload_cache
+
+        @no_reload_cache
+        def load_model():
+            open({str(loads)!r}, "a").write("model ")
+            return Path("weights.txt").read_text().strip()
+
+        async def app(scope, receive, send):
+            await PlainTextResponse(load_model())(scope, receive, send)
+    """)
+    server = serve("app.py", "--no-verify")  # (a fresh process would load it too)
+    assert server.get().text == "w1"
+    write(weights, "w2\n")
+    server.wait_text("w2")
+    assert ran(loads) == ["model", "model"]
+    times = weights.stat()
+    os.utime(weights, ns=(times.st_atime_ns, times.st_mtime_ns))  # a change event, same file
+    answer = server.client.get(events.STATUS_PATH, params={"wait": "30"}).json()
+    assert answer["live"], answer
+    assert server.get().text == "w2"
+    assert ran(loads) == ["model", "model"]
+
+
+def test_a_repeat_is_the_same_file_with_the_same_bytes(tmp_path):
+    repeats = Repeats()
+    path = write(tmp_path / "weights.txt", "w1\n")
+    assert not repeats.seen(path)
+    assert repeats.seen(path)
+    times = path.stat()
+    write(path, "w2\n")  # the same size, at the same time: two saves within one clock tick
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert not repeats.seen(path)
+    path.unlink()
+    assert not repeats.seen(path)
+    assert repeats.seen(path)
 
 
 # store.py counts the starts in state.json: it reads the file, then writes it.
