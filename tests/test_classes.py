@@ -105,7 +105,7 @@ def test_classes_not_kept_get_a_new_object(module: Any, rerun: Rerun) -> None:
         class Registry:
             seen = []
             def __init_subclass__(cls):
-                Registry.seen.append(cls.__name__)
+                Registry.seen.append(cls)
         class Plugin(Registry):
             pass
         class Slotted:
@@ -121,7 +121,7 @@ def test_classes_not_kept_get_a_new_object(module: Any, rerun: Rerun) -> None:
     pinned = old["Pinned"]
     rerun(source.format(slots="'a', 'b'", red=1), pinned=lambda obj: obj is pinned)
     assert module.WithMeta is not old["WithMeta"]  # a metaclass registered the new class
-    assert module.Plugin is not old["Plugin"]  # so did __init_subclass__
+    assert module.Plugin is not old["Plugin"]  # __init_subclass__ kept the new class
     assert module.Slotted is not old["Slotted"]  # another layout
     assert module.Pinned is not pinned  # @no_reload hands the pinned one back itself
     assert module.Color is old["Color"] and module.Color.RED is old["Color"].RED
@@ -144,3 +144,59 @@ def test_a_registry_base_is_kept_but_not_its_subclasses(module: Any, rerun: Reru
     rerun(source.format(label="two"))
     assert module.Registry is registry  # its own statement: nothing registered it
     assert module.Registry.seen == [module.Plugin]  # the registry holds the new subclass
+
+
+def test_a_class_is_kept_unless_its_statement_handed_the_new_one_out(module: Any,
+                                                                      rerun: Rerun) -> None:
+    source = """
+        import weakref
+        OWNERS = {{}}
+        SUBCLASSES = weakref.WeakSet()
+        NAMES = []
+        class Field:
+            def __set_name__(self, owner, name):
+                OWNERS.setdefault(owner, []).append(name)
+        class Model:
+            name = Field()
+            {extra} = Field()
+        class Weak:
+            def __init_subclass__(cls):
+                SUBCLASSES.add(cls)
+        class Tracked(Weak):
+            pass
+        class Named:
+            def __init_subclass__(cls):
+                NAMES.append(cls.__name__)
+        class ByName(Named):
+            pass
+    """
+    run(module, source.format(extra="email"))
+    old = {name: getattr(module, name) for name in ("Model", "Tracked", "ByName", "Field")}
+    rerun(source.format(extra="phone"))
+    # A cold start's class is new: what was keyed by it while its statement ran must be found
+    # under the class that answers, with the new body's entries only.
+    assert module.Model is not old["Model"]
+    assert module.OWNERS[module.Model] == ["name", "phone"]
+    assert module.Tracked is not old["Tracked"] and module.Tracked in module.SUBCLASSES
+    # Nothing held on to these: kept, old instances follow.
+    assert module.ByName is old["ByName"] and module.NAMES == ["ByName"]
+    assert module.Field is old["Field"]
+
+
+def test_a_kept_class_is_listed_once_by_its_bases(module: Any, rerun: Rerun) -> None:
+    source = """
+        class Base:
+            pass
+        class Child(Base):
+            x = {x}
+        class Error(Exception):
+            pass
+        class NotFound(Error):
+            x = {x}
+    """
+    run(module, source.format(x=1))
+    child, not_found = module.Child, module.NotFound
+    rerun(source.format(x=2))
+    assert module.Child is child and module.Child.x == 2
+    assert module.Base.__subclasses__() == [child]  # not the new object made meanwhile
+    assert module.NotFound is not_found and module.Error.__subclasses__() == [not_found]

@@ -12,11 +12,20 @@ object of the previous run, points the new methods' `__class__` cells at it, and
 that object. Instances, subclasses and references everywhere keep one class, with the new
 code. Everything is recorded so that a batch that fails puts the old classes back exactly.
 
-Classes are not kept (a new class object is made, and `fh_utils.reload.patch` moves old instances
-to it) when their metaclass is not `type` or `abc.ABCMeta` (an ORM model, a pydantic model:
-the metaclass registered the new class), when a base defines `__init_subclass__` (a registry
-saw the new class), when `__slots__` or the bases cannot change in place, or when the class
-is pinned by `@no_reload`. An enum is kept as it is when its members did not change.
+A class is kept only where nothing but the class itself got hold of the new object while its
+statement ran: a cold start's class is a new object, so whatever a `__set_name__`,
+`__init_subclass__` or metaclass keyed by it, registered or bound to it must find the class
+that answers, never an old one with the previous run's entries. The new object's references
+tell: anything beyond its own (its MRO, its descriptors, its methods' `__class__` cell)
+holds it, and the new object is used. A kept class is also taken out of its bases' subclass
+lists at once (`__subclasses__()` would list it twice until the next full garbage collection).
+
+Classes are not kept (a new class object is made, and `fh_utils.reload.patch` moves old
+instances to it) when something holds the new object (above), when their metaclass is not
+`type` or `abc.ABCMeta` (an ORM model, a pydantic model: the metaclass may keep what it
+computed for the new class anywhere), when `__slots__` or the bases cannot change in place,
+or when the class is pinned by `@no_reload`. An enum is kept as it is when its members did
+not change.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import abc
 import builtins
 import contextlib
 import enum
+import sys
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -74,7 +85,8 @@ class ClassKeeper:
             old = table.pop(getattr(func, "__qualname__", name), None)
             if old is None or old is new:
                 return new
-            return self._adopt(old, new)
+            held = _held(_outside_references(new))  # (before `new` is on the call's stack)
+            return self._adopt(old, new, held)
 
         setattr(builtins, "__build_class__", __build_class__)  # noqa: B010
         try:
@@ -93,12 +105,12 @@ class ClassKeeper:
         self.members.clear()
 
     # -- keeping one class ---------------------------------------------------------------
-    def _adopt(self, old: type, new: type) -> type:
+    def _adopt(self, old: type, new: type, held: bool) -> type:
         if self._is_pinned(old):
             return new  # @no_reload hands the pinned class back itself
         if isinstance(old, enum.EnumMeta) or isinstance(new, enum.EnumMeta):
-            return self._adopt_enum(old, new)
-        if not self._may_keep(old, new):
+            return self._adopt_enum(old, new)  # (its members hold it: they are its own)
+        if held or not self._may_keep(old, new):
             return new
         saved = dict(vars(old))
         bases = old.__bases__
@@ -117,6 +129,7 @@ class ClassKeeper:
             if key not in _SKIP and before is not value and isinstance(before, _MEMBERS):
                 self.members.append((before, value))
         _repoint_class_cells(new, old)
+        _detach(new)
         if isinstance(old, abc.ABCMeta):
             abc.update_abstractmethods(cast("type[Any]", old))
             old._abc_caches_clear()  # type: ignore[attr-defined]
@@ -139,13 +152,72 @@ class ClassKeeper:
         self.kept += 1
         return old
 
+    @property
+    def kept_classes(self) -> list[type]:
+        """The classes this batch kept (with the new code)."""
+        return [cls for cls, _, _ in self._saved]
+
     @staticmethod
     def _may_keep(old: type, new: type) -> bool:
         if type(old) is not type(new) or type(new) not in _KEPT_METACLASSES:
             return False
-        if vars(old).get("__slots__") != vars(new).get("__slots__"):
-            return False
-        return not any("__init_subclass__" in vars(base) for base in new.__mro__[1:-1])
+        return vars(old).get("__slots__") == vars(new).get("__slots__")
+
+
+def _own_references(cls: type) -> int:
+    """How many references to `cls` it holds itself: its MRO, the descriptors of its layout
+    (`__dict__`, `__weakref__`, slots) and its methods' `__class__` cell."""
+    count = 1  # cls.__mro__
+    cells: set[int] = set()
+    for value in vars(cls).values():
+        if isinstance(value, types.GetSetDescriptorType | types.MemberDescriptorType):
+            count += value.__objclass__ is cls
+            continue
+        for function in _functions(value):
+            for cell in function.__closure__ or ():
+                with contextlib.suppress(ValueError):
+                    if cell.cell_contents is cls:
+                        cells.add(id(cell))
+    return count + len(cells)
+
+
+def _outside_references(cls: type) -> tuple[int, int]:
+    """(strong, weak) references to `cls` beyond its own (with the caller's one name for it)."""
+    return sys.getrefcount(cls) - _own_references(cls), weakref.getweakrefcount(cls)
+
+
+def _calibrate() -> tuple[int, int]:
+    probe = type("_Probe", (), {})  # held by one name, as the new class in __build_class__
+    return _outside_references(probe)
+
+
+def _held(references: tuple[int, int]) -> bool:
+    """Whether something other than the class itself got hold of a new class while its
+    statement ran (a `__set_name__` or `__init_subclass__` that keeps its owner, weakly or
+    not): `references` are its `_outside_references`, taken where one name holds it."""
+    return references[0] > _UNHELD[0] or references[1] > _UNHELD[1]
+
+
+def _detach(new: type) -> None:
+    """Take the unused new class out of its bases' subclass lists, which hold it until the
+    next full garbage collection: `Base.__subclasses__()` must list the kept class once. Its
+    base becomes a private class of the same built-in layout; one that cannot change (slots),
+    or a class right under a built-in, keeps its bases."""
+    builtin = next(cls for cls in new.__mro__ if not cls.__flags__ & _HEAPTYPE)
+    if new.__bases__ == (builtin,):
+        return  # only a built-in lists it (which its layout may not let go of)
+    holder = _DETACHED.get(builtin)
+    if holder is None:
+        with contextlib.suppress(TypeError):  # a built-in that cannot be subclassed again
+            holder = _DETACHED[builtin] = type(f"_Unused{builtin.__name__.title()}",
+                                               (builtin,), {"__module__": __name__})
+    if holder is not None:
+        with contextlib.suppress(TypeError):
+            new.__bases__ = (holder,)
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+_DETACHED: dict[type, type] = {}  # built-in layout -> the base of unused new classes
 
 
 def _members(cls: type) -> list[tuple[str, Any]]:
@@ -191,3 +263,6 @@ def _functions(value: Any) -> list[types.FunctionType]:
     except Exception:
         return []
     return _functions(inner) if isinstance(inner, types.FunctionType) else []
+
+
+_UNHELD = _calibrate()  # a class nothing else holds (one weak reference: its base's list)
