@@ -424,7 +424,7 @@ class Reloader:
                 if plan.needs_import:
                     importlib.import_module(self.target.module)
             self._drop_unimported(batch, imported_before)
-            batch.owners_written = outside.written()
+            batch.owners_written = outside.written(renewed=keeper.kept_classes)
             if batch.owners_written:
                 return batch
             fresh = plan.needs_import or self.target.module in batch.outcome.reran

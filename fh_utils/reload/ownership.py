@@ -8,6 +8,9 @@ of each module's state, taken before and after the batch, tells which owners wer
 whatever library or pattern wrote them; the engine then runs those owners again, before the
 modules that write into them (`fh_utils.reload.engine`).
 
+A class the batch kept (`fh_utils.reload.classes`) counts as a new object, as on a cold start:
+an owner holding it runs again even though its identity did not change.
+
 The fingerprint is shallow and costs a few microseconds a module: the identity of each global;
 for each dict, list and set among them, the identities of their items; and the same for the
 dicts, lists and sets held by the classes the module defines and by instances of project
@@ -25,15 +28,15 @@ __all__ = ["Fingerprints", "fingerprint"]
 Fingerprint = tuple[Any, ...]
 
 
-def _items(value: Any) -> Any:
+def _items(value: Any, ident: Callable[[Any], Any] = id) -> Any:
     """A container's identity and its items' identities; None for anything else."""
     kind = type(value)
     if kind is dict:
-        return id(value), tuple(map(id, value)), tuple(map(id, value.values()))
+        return id(value), tuple(map(ident, value)), tuple(map(ident, value.values()))
     if kind is list:
-        return id(value), tuple(map(id, value))
+        return id(value), tuple(map(ident, value))
     if kind is set:
-        return id(value), frozenset(map(id, value))
+        return id(value), frozenset(map(ident, value))
     return None
 
 
@@ -44,16 +47,17 @@ def _members(owner: Any) -> Iterable[tuple[str, Any]]:
         return ()
 
 
-def fingerprint(module: types.ModuleType, is_project_class: Callable[[type], bool]
-                ) -> Fingerprint:
-    """What a write into `module`'s state changes (see the module's doc)."""
+def fingerprint(module: types.ModuleType, is_project_class: Callable[[type], bool],
+                ident: Callable[[Any], Any] = id) -> Fingerprint:
+    """What a write into `module`'s state changes (see the module's doc); `ident` gives
+    each object's identity."""
     name = module.__name__
     parts: list[Any] = []
     for key, value in list(vars(module).items()):
         if key.startswith("__") and key.endswith("__"):
             continue  # the module's own bookkeeping (__builtins__, __loader__, ...)
-        parts.append((key, id(value)))
-        items = _items(value)
+        parts.append((key, ident(value)))
+        items = _items(value, ident)
         if items is not None:
             parts.append(items)
             continue
@@ -66,7 +70,7 @@ def fingerprint(module: types.ModuleType, is_project_class: Callable[[type], boo
         else:
             continue
         for attribute, held in _members(owner):
-            items = _items(held)
+            items = _items(held, ident)
             if items is not None:
                 parts.append((key, attribute, items))
     return tuple(parts)
@@ -80,7 +84,16 @@ class Fingerprints:
         self._is_project_class = is_project_class
         self._before = {m.__name__: (m, fingerprint(m, is_project_class)) for m in modules}
 
-    def written(self) -> list[str]:
-        """The modules whose state changed since (in the order they were given)."""
+    def written(self, renewed: Iterable[object] = ()) -> list[str]:
+        """The modules whose state changed since (in the order they were given).
+
+        `renewed` are objects the batch made again but kept the identity of (the classes
+        `fh_utils.reload.classes` keeps): on a cold start each is a new object, so state that
+        holds one was written, whoever put it there."""
+        ids = {id(obj) for obj in renewed}
+
+        def ident(obj: Any) -> Any:
+            return ("renewed", id(obj)) if id(obj) in ids else id(obj)
+
         return [name for name, (module, before) in self._before.items()
-                if fingerprint(module, self._is_project_class) != before]
+                if fingerprint(module, self._is_project_class, ident if ids else id) != before]
