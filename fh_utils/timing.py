@@ -38,6 +38,9 @@ CANDIDATE = 120.0  # a new worker's import and start-up, at most (beyond its lif
 HAND_OVER_SETTLE = 0.2  # clients of open keep-alive connections coming back, at most
 STEP_DOWN_GRACE = 1.0  # a retired worker's connections finishing their request, at most
 WORKER_STOP = 1.0  # workers exiting when the session ends, before they are killed
+# A pool that a package started at import ending once the zygote forks (its atfork handler
+# joins the threads), at most: one that lives on keeps the package out of the zygote.
+THREADS_END_AT_FORK = 0.2
 
 # -- the fresh-process check (fh_utils.serve.verify) -------------------------------------------
 # A project whose fresh start (import, lifespan, the slowest cached value) takes longer is not

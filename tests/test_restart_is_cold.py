@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import RELOAD_TIMEOUT, DevServer, wait_until, write
 from tests.test_shutdown import POLLER, POLLER_APP
 
@@ -133,3 +135,68 @@ def test_a_restart_after_an_upgrade_imports_the_upgraded_package(tmp_path, serve
     write(project / "poller.py", POLLER.format(version="p3"))
     server.wait_text("greetings p3")
     assert server.log.count("Installed packages changed") == 1
+
+
+# An installed package whose import starts a thread that `threading` does not list (a BLAS or
+# OpenMP pool, a client library's I/O thread), or one that its atfork handler stops (OpenBLAS).
+NATIVE_POOL = """
+import ctypes
+import ctypes.util
+import os
+import threading
+
+with open({log!r}, "a") as f:
+    f.write(f"import {{os.getpid()}}\\n")
+
+if {native}:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    thread = ctypes.c_ulong()
+    sleep = ctypes.cast(libc.sleep, ctypes.c_void_p)
+    libc.pthread_create(ctypes.byref(thread), None, sleep, ctypes.c_void_p(3600))
+else:
+    stop = threading.Event()
+    pool = threading.Thread(target=stop.wait, daemon=True)
+    pool.start()
+
+    def end_pool():
+        stop.set()
+        pool.join()
+
+    os.register_at_fork(before=end_pool)
+"""
+
+POOL_APP = """
+import os
+import nativepool
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+import poller
+
+def home(request):
+    return PlainTextResponse(f"{poller.VERSION} {os.getpid()}")
+
+app = Starlette(routes=[Route("/", home)])
+"""
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native thread", "ends at fork"])
+def test_a_package_whose_threads_outlive_a_fork_is_imported_by_each_worker(tmp_path, serve,
+                                                                        native):
+    site, project, log = tmp_path / "site", tmp_path / "project", tmp_path / "imports.log"
+    write(site / "nativepool.py", NATIVE_POOL.format(log=str(log), native=native))
+    write(project / "poller.py", POLLER.format(version="p1"))
+    write(project / "app.py", POOL_APP)
+    server = serve("app.py", cwd=project, env={"PYTHONPATH": str(site)})
+    assert server.get().text.startswith("p1 ")
+    # The server imported it, then the zygote (it preloads what the app uses).
+    wait_until(lambda: len(lines(log)) >= 2, RELOAD_TIMEOUT, lambda: f"imports: {lines(log)}")
+    write(project / "poller.py", POLLER.format(version="p2"))  # a restart: a forked worker
+    server.wait_text("p2 ")
+    worker = server.get().text.split()[1]
+    if native:
+        # Its thread would not be in the fork: the zygote started over without it, and the
+        # worker imported it itself, as a cold start does.
+        assert f"import {worker}" in lines(log)
+    else:
+        assert f"import {worker}" not in lines(log) and len(lines(log)) == 2

@@ -30,12 +30,13 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fh_utils.serve import channel
-from fh_utils.timing import WORKER_STOP
+from fh_utils.timing import THREADS_END_AT_FORK, WORKER_STOP
 
 __all__ = ["Zygote", "available", "start"]
 
@@ -64,6 +65,34 @@ def _import_worker(path: str) -> Worker:
 # never a crashed one). FH_UTILS_ZYGOTE_PRELOAD=0 does the same elsewhere (to try it, or for a
 # package that is not fork-safe on Linux either).
 PRELOAD = sys.platform != "darwin" and os.environ.get("FH_UTILS_ZYGOTE_PRELOAD", "1") != "0"
+
+
+def thread_count() -> int:
+    """This process's threads: native ones too (a BLAS or OpenMP pool, a client library's
+    I/O thread), which `threading` does not list. Python's own count where the system does
+    not say (no /proc)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def threads_end_at_fork(threads: int) -> bool:
+    """Whether the threads beyond `threads` end when the process forks, as pools that register
+    a `pthread_atfork` handler do (OpenBLAS stops its pool, and starts it again on its next
+    call). A probe child is forked, and exits at once, touching nothing."""
+    with warnings.catch_warnings():  # (Python 3.12+ warns of forking with threads)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    deadline = time.monotonic() + THREADS_END_AT_FORK
+    while thread_count() > threads:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
 
 
 def spawned() -> bool:
@@ -312,16 +341,19 @@ class _Zygote:
 
             with contextlib.suppress(Exception):
                 EnvFile(env_file).load()
-        threads = threading.active_count()
+        threads = thread_count()
         for name in modules:
             if name in sys.modules or name in self.excluded:
                 continue
             self._poll(0)  # a fork request does not wait for the preload
             with contextlib.suppress(BaseException):  # SystemExit at import, too
                 importlib.import_module(name)
-            if threading.active_count() > threads:
-                # Forking now could copy a lock that thread holds: stop here, and start over
-                # fresh without that module.
+            if thread_count() > threads and not threads_end_at_fork(threads):
+                # Forking now could copy a lock that thread holds, or leave the library
+                # waiting for a pool the child does not have: start over fresh without that
+                # module (each worker imports it itself).
+                logger.debug("Not preloading %s: its import started threads that live on "
+                             "across a fork", name)
                 self.excluded.add(name)
                 self._exec_fresh()
 
