@@ -182,21 +182,26 @@ def test_an_app_that_writes_a_file_it_reads_is_not_checked(tmp_path, serve):
     assert server.log.count("not checked against a fresh process") == 1
 
 
-def test_the_recorder_hashes_answers_only_while_a_check_wants_them():
-    """At rest a GET is noted (the fresh worker replays it), its body never hashed."""
+def test_the_recorder_looks_at_answers_only_while_a_check_wants_them():
+    """At rest a GET is noted (the fresh worker makes it again), its answer never looked at."""
     recorder = Recorder()
-    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"cookie", b"a=1")]}
     response = [{"type": "http.response.start", "status": 200,
                  "headers": [(b"content-length", b"2")]},
                 {"type": "http.response.body", "body": b"ok"}]
 
-    def serve_once() -> None:
-        seen = recorder.observe(scope)
-        assert seen is not None
-        for message in response:
+    def serve_once(path: str = "/") -> None:
+        scope = {"type": "http", "method": "GET", "path": path,
+                 "headers": [(b"cookie", b"a=1"), (b"x-request-id", path.encode())]}
+        request = recorder.request(scope)
+        assert request is not None
+        seen = recorder.observe(request)
+        for message in response if seen is not None else ():
             seen(message)
+        recorder.answered(request)
 
     serve_once()
+    assert recorder.observe(recorder.request({"method": "GET", "path": "/"})) is None
+    assert recorder.request({"method": "POST", "path": "/"}) is None
     assert recorder.requests() == [Get("/", b"", ((b"cookie", b"a=1"),))]
     assert recorder.answers_since(0) == {}
     recorder.want()
@@ -204,5 +209,9 @@ def test_the_recorder_hashes_answers_only_while_a_check_wants_them():
     answers = recorder.answers_since(recorder.epoch)
     assert [a.status for a in answers.values()] == [200] and all(a.digest for a in answers.values())
     recorder.release()
-    serve_once()
-    assert recorder.answers_since(0) == {}
+    assert recorder.observe(recorder.request({"method": "GET", "path": "/"})) is None
+    # The last distinct requests, oldest first, however often each was made.
+    for path in [f"/{n}" for n in range(12)] + ["/3"] * 20:
+        serve_once(path)
+    expected = [f"/{n}" for n in (5, 6, 7, 8, 9, 10, 11, 3)]
+    assert [get.path for get in recorder.requests()] == expected

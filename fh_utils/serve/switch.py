@@ -271,7 +271,9 @@ class Switch:
     async def _http(self, generation: Generation, scope: Scope, receive: Receive,
                     connection: _Connection) -> None:
         handing_over = self.handing_over
-        observe = self.recorder.observe(scope) if self.recorder is not None else None
+        recorder = self.recorder
+        request = recorder.request(scope) if recorder is not None else None
+        observe = recorder.observe(request) if recorder and request else None
         if handing_over:
             self.recent_clients.add(scope.get("client"))
         counted = True
@@ -303,6 +305,8 @@ class Switch:
             await generation.app(scope, receive, send)
         finally:
             done()
+            if recorder and request and connection.finished and not connection.streaming:
+                recorder.answered(request)  # (at rest, all a request costs)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

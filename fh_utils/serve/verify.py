@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import inspect
 import types
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from fh_utils.asgi import ASGIApp, Message, Scope
 from fh_utils.reload.compare import code_digest
 
-__all__ = ["Answer", "Description", "Get", "Recorder", "answer_twice", "describe",
+__all__ = ["Answer", "Description", "Get", "Recorder", "Request", "answer_twice", "describe",
            "differences"]
 
 RECENT = 8  # distinct GET requests remembered
@@ -48,13 +48,12 @@ class Get:
     server: tuple[str, int] | None = None
 
     @classmethod
-    def from_scope(cls, scope: Scope) -> Get:
-        headers = tuple((k.lower(), v) for k, v in scope.get("headers", ())
+    def from_request(cls, request: Request) -> Get:
+        headers = tuple((k.lower(), v) for k, v in request.headers
                         if k.lower() in KEPT_HEADERS)
-        server = scope.get("server")
-        return cls(scope["path"], scope.get("query_string", b""), headers,
-                   scope.get("root_path", ""), scope.get("scheme", "http"),
-                   tuple(server) if server else None)
+        server = request.server
+        return cls(request.path, request.query, headers, request.root_path, request.scheme,
+                   (server[0], server[1]) if server else None)
 
     @property
     def label(self) -> str:
@@ -78,13 +77,12 @@ class Answer(NamedTuple):
 
 
 class _Body:
-    """Folds a response's messages into an `Answer`; None for a stream or a large body.
-    Without `hashing`, only whether it is one to compare (its answer's digest is empty)."""
+    """Folds a response's messages into an `Answer`; None for a stream or a large body."""
 
-    def __init__(self, hashing: bool = True) -> None:
+    def __init__(self) -> None:
         self.status = 0
         self.size = 0
-        self.hash = hashlib.sha1(usedforsecurity=False) if hashing else None
+        self.hash = hashlib.sha1(usedforsecurity=False)
         self.done = False
         self.useless = False
 
@@ -99,27 +97,41 @@ class _Body:
             self.size += len(body)
             if self.size > BODY_CAP:
                 self.useless = True
-            elif self.hash is not None:
+            else:
                 self.hash.update(body)
             self.done = not message.get("more_body", False)
 
     def answer(self) -> Answer | None:
         if self.useless or not self.done:
             return None
-        return Answer(self.status, self.hash.hexdigest()[:16] if self.hash is not None else "")
+        return Answer(self.status, self.hash.hexdigest()[:16])
+
+
+class Request(NamedTuple):
+    """What a GET request's scope holds that `Get` needs, taken as it came in (an app may
+    change the scope while it runs): cheap enough for every request."""
+
+    path: str
+    query: bytes
+    headers: Sequence[tuple[bytes, bytes]]
+    root_path: str
+    scheme: str
+    server: Sequence[Any] | None
 
 
 class Recorder:
-    """The hot side: the GET requests the app answered lately, with the last answer each got
-    and the `epoch` (the reloads done when the request began) it got it in. It only watches
-    what the app sends. Bodies are hashed only while a check `want`s answers: at rest, a
-    request costs a few dict operations, never a pass over its body."""
+    """The hot side: the GET requests the app answered lately and, while a check `want`s
+    them, the answers they got, with the `epoch` (the reloads done when the request began).
+    It only watches what the app sends. At rest a request costs one tuple: its answer is not
+    looked at, and which requests to make again is worked out when a check asks."""
 
     def __init__(self) -> None:
-        self.recent: OrderedDict[Get, tuple[int, Answer | None]] = OrderedDict()
+        self.recent: OrderedDict[Get, tuple[int, Answer]] = OrderedDict()
         self.updated = asyncio.Event()
         self.epoch = 0
         self._wanting = 0  # checks waiting for answers
+        # Requests answered lately, in order, with repeats: `requests()` keeps distinct ones.
+        self._lately: deque[Request] = deque(maxlen=RECENT * 8)
 
     def want(self) -> None:
         """A reload in place is committed: answers from now on are the new code's, and a
@@ -130,21 +142,33 @@ class Recorder:
     def release(self) -> None:
         self._wanting -= 1
 
-    def observe(self, scope: Scope) -> Callable[[Message], None] | None:
-        """An observer of the response's messages, for a GET worth replaying; else None."""
+    @staticmethod
+    def request(scope: Scope) -> Request | None:
+        """The request to remember, for a GET; else None."""
         if scope.get("method") != "GET":
             return None
-        get = Get.from_scope(scope)
+        return Request(scope["path"], scope.get("query_string", b""), scope.get("headers", ()),
+                       scope.get("root_path", ""), scope.get("scheme", "http"),
+                       scope.get("server"))
+
+    def answered(self, request: Request) -> None:
+        """`request` got a whole answer (not a stream)."""
+        self._lately.append(request)
+
+    def observe(self, request: Request) -> Callable[[Message], None] | None:
+        """An observer of the response's messages while a check wants answers; else None."""
+        if not self._wanting:
+            return None
+        get = Get.from_request(request)
         serial = self.epoch
-        hashing = self._wanting > 0
-        body = _Body(hashing)
+        body = _Body()
 
         def seen(message: Message) -> None:
             body.feed(message)
             if body.done or body.useless:
                 answer = body.answer()
                 if answer is not None:
-                    self.recent[get] = (serial, answer if hashing else None)
+                    self.recent[get] = (serial, answer)
                     self.recent.move_to_end(get)
                     while len(self.recent) > RECENT:
                         self.recent.popitem(last=False)
@@ -153,12 +177,17 @@ class Recorder:
         return seen
 
     def requests(self) -> list[Get]:
-        return list(self.recent)
+        """The last `RECENT` distinct GET requests answered, oldest first."""
+        gets: dict[Get, None] = {}
+        for request in reversed(self._lately):
+            gets.setdefault(Get.from_request(request))
+            if len(gets) == RECENT:
+                break
+        return list(reversed(gets))
 
     def answers_since(self, epoch: int) -> dict[Get, Answer]:
         """The answers to requests that began in `epoch` or later."""
-        return {get: answer for get, (at, answer) in self.recent.items()
-                if at >= epoch and answer is not None}
+        return {get: answer for get, (at, answer) in self.recent.items() if at >= epoch}
 
 
 async def _answer(app: ASGIApp, state: dict[str, Any], get: Get, timeout: float
