@@ -72,6 +72,9 @@ def host_allowed(host: str | None, allowed: Iterable[str] = (), bound: str | Non
     return False
 
 
+_VERDICTS = 64  # Host header values whose verdict is remembered
+
+
 class HostGuard:
     """ASGI middleware: requests and WebSockets with a `Host` not allowed get 403."""
 
@@ -82,6 +85,7 @@ class HostGuard:
         self.bound = bound
         self.hint = hint  # how the entry point that started this server allows a host
         self._told: set[str] = set()
+        self._verdicts: dict[str | None, bool] = {}  # by Host header: one parse per value
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -92,7 +96,13 @@ class HostGuard:
             if key == b"host":
                 host = value.decode("latin-1")
                 break
-        if host_allowed(host, self.allowed, self.bound):
+        allowed = self._verdicts.get(host)
+        if allowed is None:
+            allowed = host_allowed(host, self.allowed, self.bound)
+            if len(self._verdicts) >= _VERDICTS:  # (a client may send any Host it likes)
+                self._verdicts.clear()
+            self._verdicts[host] = allowed
+        if allowed:
             await self.app(scope, receive, send)
             return
         name = _hostname(host or "")

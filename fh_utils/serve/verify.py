@@ -49,10 +49,9 @@ class Get:
 
     @classmethod
     def from_request(cls, request: Request) -> Get:
-        headers = tuple((k.lower(), v) for k, v in request.headers
-                        if k.lower() in KEPT_HEADERS)
-        server = request.server
-        return cls(request.path, request.query, headers, request.root_path, request.scheme,
+        path, query, raw_headers, root_path, scheme, server = request
+        headers = tuple((k.lower(), v) for k, v in raw_headers if k.lower() in KEPT_HEADERS)
+        return cls(path, query, headers, root_path, scheme,
                    (server[0], server[1]) if server else None)
 
     @property
@@ -107,16 +106,10 @@ class _Body:
         return Answer(self.status, self.hash.hexdigest()[:16])
 
 
-class Request(NamedTuple):
-    """What a GET request's scope holds that `Get` needs, taken as it came in (an app may
-    change the scope while it runs): cheap enough for every request."""
-
-    path: str
-    query: bytes
-    headers: Sequence[tuple[bytes, bytes]]
-    root_path: str
-    scheme: str
-    server: Sequence[Any] | None
+# What a GET request's scope holds that `Get` needs (path, query string, headers, root path,
+# scheme, server), taken as it came in (an app may change the scope while it runs): a plain
+# tuple, cheap enough for every request.
+Request = tuple[str, bytes, Sequence[tuple[bytes, bytes]], str, str, Sequence[Any] | None]
 
 
 class Recorder:
@@ -147,9 +140,8 @@ class Recorder:
         """The request to remember, for a GET; else None."""
         if scope.get("method") != "GET":
             return None
-        return Request(scope["path"], scope.get("query_string", b""), scope.get("headers", ()),
-                       scope.get("root_path", ""), scope.get("scheme", "http"),
-                       scope.get("server"))
+        return (scope["path"], scope.get("query_string", b""), scope.get("headers", ()),
+                scope.get("root_path", ""), scope.get("scheme", "http"), scope.get("server"))
 
     def answered(self, request: Request) -> None:
         """`request` got a whole answer (not a stream)."""
