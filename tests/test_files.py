@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from fh_utils.reload import tracking
-from fh_utils.reload.engine import Repeats
 from fh_utils.reload.graph import ModuleGraph
 from fh_utils.serve import events
 from tests.conftest import write
@@ -225,20 +224,6 @@ def test_a_change_reported_again_for_the_same_bytes_computes_nothing_again(tmp_p
     assert answer["live"], answer
     assert server.get().text == "w2"
     assert ran(loads) == ["model", "model"]
-
-
-def test_a_repeat_is_the_same_file_with_the_same_bytes(tmp_path):
-    repeats = Repeats()
-    path = write(tmp_path / "weights.txt", "w1\n")
-    assert not repeats.seen(path)
-    assert repeats.seen(path)
-    times = path.stat()
-    write(path, "w2\n")  # the same size, at the same time: two saves within one clock tick
-    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
-    assert not repeats.seen(path)
-    path.unlink()
-    assert not repeats.seen(path)
-    assert repeats.seen(path)
 
 
 # store.py counts the starts in state.json: it reads the file, then writes it.

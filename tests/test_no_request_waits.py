@@ -4,6 +4,7 @@ the new one is committed. Compared with a cold start at the end."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,6 +93,21 @@ def test_a_slow_lifespan_startup_is_served_by_a_fresh_worker(tmp_path, serve):
         server.log)
     assert {body for status, body, _ in answers if status == 200} <= {"v1", "v2"}
     assert all(status == 200 for status, _, _ in answers)
+    assert_matches_cold(server, tmp_path)
+
+
+def test_the_same_save_reported_again_does_not_give_the_new_worker_up(tmp_path, serve):
+    """watchfiles may report one write twice (its truncation, then its bytes): a repeat is no
+    newer save, and the new worker whose startup is under way still takes over."""
+    app_file(tmp_path, "v1")
+    server = serve("app.py")
+    app_file(tmp_path, "v2", "await asyncio.sleep(2)")
+    wait_until(lambda: "lifespan startup takes over 1 s" in server.log, RELOAD_TIMEOUT,
+               lambda: f"a new worker starting\n{server.log}")
+    times = (tmp_path / "app.py").stat()
+    os.utime(tmp_path / "app.py", ns=(times.st_atime_ns, times.st_mtime_ns))  # an event, no edit
+    server.wait_text("v2")
+    assert "given up for a newer save" not in server.log
     assert_matches_cold(server, tmp_path)
 
 

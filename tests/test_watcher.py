@@ -18,7 +18,8 @@ import pytest
 from watchfiles import Change
 
 from fh_utils.watch import watcher as watcher_module
-from fh_utils.watch.watcher import Watcher, _Doorbell, _Marker
+from fh_utils.watch.watcher import Repeats, Watcher, _Doorbell, _Marker
+from tests.conftest import write
 
 Reports = queue.Queue[set[tuple[Change, str]]]
 
@@ -329,3 +330,17 @@ def test_a_flush_with_nothing_changed_answers_at_once_and_after_close(tmp_path, 
     answered = threading.Event()
     watcher.flush(answered.set)  # the thread may be ending: answered now or as it ends
     assert answered.wait(5)
+
+
+def test_a_repeat_is_the_same_file_with_the_same_bytes(tmp_path):
+    repeats = Repeats()
+    path = write(tmp_path / "weights.txt", "w1\n")
+    assert not repeats.seen(path)
+    assert repeats.seen(path)
+    times = path.stat()
+    write(path, "w2\n")  # the same size, at the same time: two saves within one clock tick
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert not repeats.seen(path)
+    path.unlink()
+    assert not repeats.seen(path)
+    assert repeats.seen(path)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import enum
-import hashlib
 import importlib
 import inspect
 import logging
@@ -179,7 +178,6 @@ class Reloader:
         self.env = EnvFile(env_file) if env_file is not None else None
         self._pending: set[Path] = set()  # changes not yet applied (a failed batch keeps them)
         self._own_writes: dict[Path, tuple[int, int, int]] = {}  # see _remember_writes
-        self._repeats = Repeats()
         self._restart_noted: set[Path] = set()
         self._records: dict[str, effects.Record] = {}  # each module's last committed run
         self._batch: Batch | None = None  # the batch not yet committed or rolled back
@@ -278,7 +276,7 @@ class Reloader:
         again with the next relevant change.
         """
         self._remember_writes()
-        new = {path for path in map(Path, paths) if not self._repeats.seen(path)}
+        new = {Path(p) for p in paths}
         if self._pending:
             probe = Outcome()
             if not (self._analyze(new, probe, probe=True).relevant or probe.changed):
@@ -856,34 +854,6 @@ def _unexpressible(done: list[tuple[types.ModuleType, dict[str, Any]]]) -> Escal
 def _file_of(name: str) -> str:
     module = sys.modules.get(name)
     return getattr(module, "__file__", None) or name
-
-
-class Repeats:
-    """Changes reported again for what was seen already.
-
-    watchfiles may hand one write's events over in two bursts (the truncation, then the
-    bytes), and running a module or computing a cached value again for them costs what a
-    second edit would. Only the same file with the same size, time and (up to `DIGEST_SIZE`)
-    bytes is a repeat: two real saves within one tick of the kernel's coarse clock still
-    differ in their bytes.
-    """
-
-    DIGEST_SIZE = 1 << 20
-
-    def __init__(self) -> None:
-        self._seen: dict[Path, tuple[tuple[int, int, int], bytes | None]] = {}
-
-    def seen(self, path: Path) -> bool:
-        """Whether `path` is as it was the last time it was asked about (and note it as now)."""
-        state = _state(path)
-        digest = None
-        if 0 < state[1] <= self.DIGEST_SIZE:
-            try:
-                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
-            except OSError:  # gone meanwhile, or a directory
-                pass
-        before, self._seen[path] = self._seen.get(path), (state, digest)
-        return before == (state, digest)
 
 
 def _state(path: Path) -> tuple[int, int, int]:

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import logging
 import os
 import select
@@ -71,6 +72,7 @@ class Watcher:
         self.step_ms = step_ms
         self.quiet_ms = step_ms if quiet_ms is None else quiet_ms
         self.ready = threading.Event()  # set once changes are being seen
+        self._repeats = Repeats()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):  # a full pipe rings already: never block
             os.set_blocking(fd, False)
@@ -301,8 +303,43 @@ class Watcher:
     def _report(self, raw: Iterable[tuple[int, str]]) -> None:
         changes = {(Change(int(c)), p) for c, p in raw}
         kept = {(c, p) for c, p in changes if self.keep(c, p)}
+        new = {p for p in {p for _, p in kept} if not self._repeats.seen(Path(p))}
+        kept = {(c, p) for c, p in kept if p in new}
         if kept:
             self.report(kept)
+
+
+class Repeats:
+    """Changes reported again for what was reported already: not a save.
+
+    watchfiles may hand one write's events over in two bursts (the truncation, then the
+    bytes). Reported twice, the same save would run its modules or compute a pinned value
+    twice, and count as a newer save that gives up a new worker starting for the first.
+    Only the same file with the same size, time and (up to `DIGEST_SIZE`) bytes is a
+    repeat: two real saves within one tick of the kernel's coarse clock still differ in
+    their bytes.
+    """
+
+    DIGEST_SIZE = 1 << 20
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[tuple[int, int, int], bytes | None]] = {}
+
+    def seen(self, path: Path) -> bool:
+        """Whether `path` is as it was the last time it was asked about (and note it as now)."""
+        try:
+            st = path.stat()
+            state = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            state = (0, 0, 0)
+        digest = None
+        if 0 < state[1] <= self.DIGEST_SIZE:
+            try:
+                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+            except OSError:  # gone meanwhile, or a directory
+                pass
+        before, self._seen[path] = self._seen.get(path), (state, digest)
+        return before == (state, digest)
 
 
 class _Marker:
