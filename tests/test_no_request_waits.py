@@ -14,10 +14,12 @@ import httpx
 
 from tests.conftest import RELOAD_TIMEOUT, wait_until, write
 from tests.test_faithful import assert_matches_cold
+from tests.test_shutdown import alive
 
 APP = """
 import asyncio
 import contextlib
+import os
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -67,7 +69,8 @@ def test_a_hanging_lifespan_startup_leaves_the_old_app_answering(tmp_path, serve
     server = serve("app.py")
     with polling(server.port) as answers:
         wait_until(lambda: answers, RELOAD_TIMEOUT, "a first answer")
-        app_file(tmp_path, "v2", "await asyncio.Event().wait()  # hangs")
+        app_file(tmp_path, "v2", "open('started.txt', 'a').write(f'{os.getpid()} ')\n"
+                 "    await asyncio.Event().wait()  # hangs")
         wait_until(lambda: "lifespan startup takes over 1 s" in server.log, RELOAD_TIMEOUT,
                    lambda: f"the startup given up on\n{server.log}")
         seen = len(answers)
@@ -78,6 +81,12 @@ def test_a_hanging_lifespan_startup_leaves_the_old_app_answering(tmp_path, serve
     app_file(tmp_path, "v3")
     server.wait_text("v3")
     assert "given up for a newer save" in server.log
+    # The new worker whose startup hangs exits once given up (not --timeout-lifespan later).
+    hung = {int(pid) for pid in (tmp_path / "started.txt").read_text().split()}
+    hung.discard(server.proc.pid)  # (it tried the startup in place first)
+    assert hung
+    wait_until(lambda: not any(alive(pid) for pid in hung), 10,
+               lambda: f"a given-up worker still runs: {hung}")
     assert_matches_cold(server, tmp_path)
 
 

@@ -273,10 +273,22 @@ class DevSession:
         generation: Generation | None = None
         failure = outcome.failure
         if failure is None and outcome.app is not None:
+            # The worker that asked may give this one up meanwhile (a newer save): a startup
+            # that hangs must not keep it alive until --timeout-lifespan.
+            abandoned = asyncio.Event()
+            watching = asyncio.ensure_future(self._until_abandoned(abandoned))
             try:
-                generation = await self.switch.start(self._adapt(outcome.app))
+                generation = await self.switch.start(self._adapt(outcome.app), abandoned)
             except LifespanFailed as exc:
                 failure = exc.failure()
+            finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
+            if abandoned.is_set():
+                if generation is not None:
+                    await self.switch.discard(generation)
+                return False
         if failure is not None or generation is None:
             await self.link.send(("failed", failure))
             return False
@@ -308,6 +320,13 @@ class DevSession:
             self._idle.clear()
         self._prepared = True
         return True
+
+    async def _until_abandoned(self, abandoned: asyncio.Event) -> None:
+        """Set `abandoned` when the worker that asked for this one closes the link. It sends
+        nothing before this one says it started."""
+        assert self.link is not None
+        if await self.link.recv() is None:
+            abandoned.set()
 
     async def serving(self) -> None:
         """uvicorn accepts connections: tell the worker that asked for this one."""
