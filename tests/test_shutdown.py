@@ -27,6 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from fh_utils.serve import events
 from tests.conftest import RELOAD_TIMEOUT, DevServer, stop_process, wait_until, write
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/cwd").exists(),
@@ -498,10 +499,20 @@ def test_reloads_continue_when_each_retired_app_shutdown_raises(tmp_path, serve)
     for n in (2, 3, 4):
         write(app, STARLETTE_LIFESPAN.format(version=f"r{n}", startup=PASS, shutdown=RAISE))
         server.wait_text(f"r{n}")
+    # The last reload's check started r4 in a fresh worker too, and shut it down unserved:
+    # that shutdown's failure is not the serving app's, and must not read as if it were.
+    def verdict() -> bool:
+        server.get()  # the page asked again: the check compares the answer
+        return "verify" in server.client.get(events.STATUS_PATH).json()
+
+    wait_until(verdict, RELOAD_TIMEOUT, lambda: f"the check's verdict\n{server.log}")
+    wait_until(lambda: len(session_pids(tmp_path)) == 2, RELOAD_TIMEOUT,
+               lambda: f"the server and the zygote only: {session_pids(tmp_path)}")
     log = server.wait_log("Lifespan shutdown failed", count=3)
     for n in (1, 2, 3):
         assert f"RuntimeError: shutdown of r{n} failed" in log
     assert "shutdown of r4 failed" not in log  # the current app has not shut down
+    assert log.count("Lifespan shutdown failed") == 3
     assert "this is a bug in fh_utils" not in log
 
 

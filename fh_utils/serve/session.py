@@ -287,7 +287,7 @@ class DevSession:
                     await watching
             if abandoned.is_set():
                 if generation is not None:
-                    await self.switch.discard(generation)
+                    await self.switch.discard(generation, logging.DEBUG)
                 return False
         if failure is not None or generation is None:
             await self.link.send(("failed", failure))
@@ -310,7 +310,9 @@ class DevSession:
             await self.link.send(("described", fresh))
             reply = await self.link.recv()
         if not reply or reply[0] != "go":
-            await self.switch.discard(generation)
+            # Its app never served (a check's fresh worker, a restart given up): a failing
+            # lifespan shutdown would read as the serving app's, which has not shut down.
+            await self.switch.discard(generation, logging.DEBUG)
             return False
         await self.switch.commit(generation)
         self.events.loaded(self.options.target.label, self.load_seconds * 1000, tier="restart")

@@ -170,10 +170,10 @@ class Generation:
                 Generation._told_unsupported = True
                 logger.info("ASGI 'lifespan' protocol appears unsupported.")
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, level: int = logging.ERROR) -> None:
         if self._lifespan is not None:
             lifespan, self._lifespan = self._lifespan, None
-            await lifespan.shutdown(timeout)
+            await lifespan.shutdown(timeout, level)
         cancelled = self.effects.cancel_tasks()
         if cancelled:
             logger.debug("Cancelled %d task(s) left by the lifespan of the previous app",
@@ -403,10 +403,11 @@ class Switch:
         self._retiring[old] = asyncio.get_running_loop().create_task(self._retire(old))
         return closed
 
-    async def discard(self, generation: Generation) -> None:
-        """A started generation that will not serve (the reload was rolled back)."""
+    async def discard(self, generation: Generation, level: int = logging.ERROR) -> None:
+        """A started generation that will not serve (the reload was rolled back). `level`:
+        how loud a failure of its lifespan shutdown is."""
         if generation is not self.current:
-            await generation.shutdown(self.timeouts.lifespan)
+            await generation.shutdown(self.timeouts.lifespan, level)
 
     def begin_hand_over(self) -> None:
         self.handing_over = True
@@ -578,20 +579,20 @@ class _Lifespan:
             await self._finish(timeout)
             raise LifespanFailed(message.get("message") or "lifespan startup failed")
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, timeout: float, level: int = logging.ERROR) -> None:
         if not self.supported or self._task is None or self._task.done():
             return
         await self._to_app.put({"type": "lifespan.shutdown"})
         try:
             message = await self._answer("shutdown", timeout, None)
         except LifespanFailed as exc:
-            logger.error("%s", exc)
+            logger.log(level, "%s", exc)
             return
         await self._finish(timeout)
         if message is not None and message["type"] == "lifespan.shutdown.failed":
-            logger.error("Lifespan shutdown failed: %s", message.get("message", ""))
+            logger.log(level, "Lifespan shutdown failed: %s", message.get("message", ""))
         elif message is None and self.error is not None:
-            logger.error("Lifespan shutdown failed: %r", self.error, exc_info=self.error)
+            logger.log(level, "Lifespan shutdown failed: %r", self.error, exc_info=self.error)
 
     async def _answer(self, step: str, timeout: float, cancel: asyncio.Event | None
                       ) -> Message | None:
