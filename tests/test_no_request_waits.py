@@ -64,6 +64,12 @@ def polling(port: int) -> Iterator[list[tuple[int, str, float]]]:
         thread.join(30)
 
 
+def started(tmp_path: Path) -> set[int]:
+    """The pids that ran the hanging startup so far."""
+    path = tmp_path / "started.txt"
+    return {int(pid) for pid in path.read_text().split()} if path.exists() else set()
+
+
 def test_a_hanging_lifespan_startup_leaves_the_old_app_answering(tmp_path, serve):
     app_file(tmp_path, "v1")
     server = serve("app.py")
@@ -75,6 +81,10 @@ def test_a_hanging_lifespan_startup_leaves_the_old_app_answering(tmp_path, serve
                    lambda: f"the startup given up on\n{server.log}")
         seen = len(answers)
         wait_until(lambda: len(answers) > seen + 20, RELOAD_TIMEOUT, "answers meanwhile")
+        # The new worker is in its startup (it tried the startup in place first: that pid is
+        # the server's), so the next save gives up a worker whose startup hangs.
+        wait_until(lambda: started(tmp_path) - {server.proc.pid}, RELOAD_TIMEOUT,
+                   lambda: f"a new worker in its startup\n{server.log}")
     assert {(status, body) for status, body, _ in answers} == {(200, "v1")}
     # While the new startup ran in place, requests waited for it one second at most.
     assert max(seconds for _, _, seconds in answers) < 1.0 + 2.0  # (a loaded machine's slack)
@@ -82,9 +92,7 @@ def test_a_hanging_lifespan_startup_leaves_the_old_app_answering(tmp_path, serve
     server.wait_text("v3")
     assert "given up for a newer save" in server.log
     # The new worker whose startup hangs exits once given up (not --timeout-lifespan later).
-    hung = {int(pid) for pid in (tmp_path / "started.txt").read_text().split()}
-    hung.discard(server.proc.pid)  # (it tried the startup in place first)
-    assert hung
+    hung = started(tmp_path) - {server.proc.pid}
     wait_until(lambda: not any(alive(pid) for pid in hung), 10,
                lambda: f"a given-up worker still runs: {hung}")
     assert_matches_cold(server, tmp_path)
