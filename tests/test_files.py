@@ -194,25 +194,29 @@ def test_file_read_in_cached_function_clears_only_that_cache(tmp_path, serve):
     assert "load_model() read weights.txt, which changed: cache cleared" in server.log
 
 
+# A pinned model loaded from weights.txt; each load is noted in loads.txt.
+PINNED_WEIGHTS = """
+    from pathlib import Path
+    from starlette.responses import PlainTextResponse
+    from fh_utils import no_reload_cache
+
+    @no_reload_cache
+    def load_model():
+        open("loads.txt", "a").write("model ")
+        return Path("weights.txt").read_text().strip()
+
+    async def app(scope, receive, send):
+        await PlainTextResponse(load_model())(scope, receive, send)
+"""
+
+
 def test_a_change_reported_again_for_the_same_bytes_computes_nothing_again(tmp_path, serve):
     # watchfiles may hand one write's events over in two bursts (the truncation, then the
     # bytes); a file touched with its own times is reported the same way. Computing a pinned
     # model again for what is the same file costs what a real edit would.
     loads, weights = tmp_path / "loads.txt", tmp_path / "weights.txt"
     write(weights, "w1\n")
-    write(tmp_path / "app.py", f"""
-        from pathlib import Path
-        from starlette.responses import PlainTextResponse
-        from fh_utils import no_reload_cache
-
-        @no_reload_cache
-        def load_model():
-            open({str(loads)!r}, "a").write("model ")
-            return Path("weights.txt").read_text().strip()
-
-        async def app(scope, receive, send):
-            await PlainTextResponse(load_model())(scope, receive, send)
-    """)
+    write(tmp_path / "app.py", PINNED_WEIGHTS)
     server = serve("app.py", "--no-verify")  # (a fresh process would load it too)
     assert server.get().text == "w1"
     write(weights, "w2\n")
@@ -224,6 +228,26 @@ def test_a_change_reported_again_for_the_same_bytes_computes_nothing_again(tmp_p
     assert answer["live"], answer
     assert server.get().text == "w2"
     assert ran(loads) == ["model", "model"]
+
+
+def test_a_file_read_at_load_written_in_two_parts_is_loaded_once_whole(tmp_path, serve):
+    # Weights written in place by a slow writer: loaded from the first part, the pinned model
+    # would be one no fresh process loads (and loaded again when the rest comes).
+    loads, weights = tmp_path / "loads.txt", tmp_path / "weights.txt"
+    write(weights, "w1\n")
+    write(tmp_path / "app.py", PINNED_WEIGHTS)
+    server = serve("app.py", "--no-verify")  # (the check's fresh process would load it too)
+    assert server.get().text == "w1"
+    with open(weights, "w") as file:
+        file.write("first part")
+        file.flush()
+        window = time.monotonic() + 0.5  # a reload of the part would take ~5 ms
+        while time.monotonic() < window:
+            assert server.get().text == "w1"
+        file.write(" and the rest\n")
+    server.wait_text("first part and the rest")
+    assert ran(loads) == ["model", "model"]
+    assert_matches_cold(server, tmp_path)
 
 
 # store.py counts the starts in state.json: it reads the file, then writes it.

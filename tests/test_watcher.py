@@ -30,7 +30,7 @@ def watched(tmp_path: Path) -> Iterator[tuple[Reports, Watcher]]:
     stop = threading.Event()
     watcher = Watcher([tmp_path], keep=lambda change, path: not path.endswith(".log"),
                       ignore=lambda path: path.name == "node_modules", report=reports.put,
-                      stop=stop)
+                      stop=stop, reads=lambda path: path.endswith(".json"))  # the app's data
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     assert watcher.ready.wait(10)
@@ -71,7 +71,8 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="in
 
 def doorbell(root: Path, monkeypatch: pytest.MonkeyPatch) -> _Doorbell:
     monkeypatch.delenv("WATCHFILES_FORCE_POLLING", raising=False)  # which turns it off
-    created = _Doorbell.create([root], lambda path: path.name == "node_modules")
+    created = _Doorbell.create([root], lambda path: path.name == "node_modules",
+                               lambda path: path.endswith(".py"))
     assert created is not None
     return created
 
@@ -173,6 +174,25 @@ def test_a_source_file_open_for_writing_is_reported_once_its_writer_closes_it(tm
             reports.get(timeout=0.5)
         file.write("second = 'half'\n")
     assert paths(reports, {target}) == {str(target)}
+
+
+@linux_only  # the hold needs the doorbell's IN_CLOSE_WRITE
+def test_a_file_the_app_reads_is_held_for_its_writer_and_other_files_are_not(tmp_path,
+                                                                             watched):
+    # A model's weights or a JSON file a module loads, half-written, would be loaded half.
+    reports, _ = watched
+    data, notes = tmp_path / "data.json", tmp_path / "notes.txt"
+    with open(data, "w") as file:
+        file.write('{"first": ')
+        file.flush()
+        with pytest.raises(queue.Empty):
+            reports.get(timeout=0.5)
+        file.write('"half"}')
+    assert paths(reports, {data}) == {str(data)}
+    with open(notes, "w") as file:  # read by nothing: its writer holds nothing
+        file.write("first half")
+        file.flush()
+        assert paths(reports, {notes}) == {str(notes)}  # while still open
 
 
 @linux_only  # the hold needs the doorbell's IN_CLOSE_WRITE

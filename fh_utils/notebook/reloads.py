@@ -97,7 +97,7 @@ class KernelReloads:
             logger.warning(note)
         self._scan()
         self._watcher = Watcher(self.roots, self._filter, self.spec.ignores, self._report,
-                                self._stop, WATCH_STEP_MS, WATCH_QUIET_MS)
+                                self._stop, WATCH_STEP_MS, WATCH_QUIET_MS, self.reloader.reads)
         self._thread = threading.Thread(target=self._watcher.run, daemon=True,
                                         name="fh_utils-kernel-watcher")
         self._thread.start()

@@ -354,6 +354,13 @@ class Reloader:
         found.readers = {name for name in found.readers if name in sys.modules}
         return found
 
+    def reads(self, path: str) -> bool:
+        """Whether a reload reads the file at `path` other than as a module's source: a file
+        project code read (a template, a model's weights), or the `--env-file`. Asked from the
+        watcher's thread: a save of one is held until its writer closes it."""
+        return self.graph.was_read(path) or (self.env is not None
+                                             and path == os.fspath(self.env.path))
+
     def relevant(self, paths: Iterable[Path]) -> bool:
         """Whether a reload would act on these changed paths (nothing is planned or run)."""
         probe = Outcome()

@@ -102,6 +102,9 @@ class ModuleGraph:
         # Files read while a request was handled (a template, a Markdown page): a change to one
         # re-runs nothing, but the pages that show it are refreshed (`--live`).
         self.request_reads: set[Path] = set()
+        # Every file a module, a cache entry or a request read so far, as text (never emptied:
+        # the watcher holds a save of one until its writer closes it, `was_read`).
+        self._files_read: set[str] = set()
         # Of those, the ones a memoised function read (functools.cache and the like): a change
         # empties its cache, so the next call reads the file again, as in a fresh process.
         self.memo_reads: dict[Path, set[tuple[str, str]]] = {}
@@ -283,6 +286,8 @@ class ModuleGraph:
         if entry is None and module is None:
             return
         with self._lock:
+            if isinstance(resource, Path):
+                self._files_read.add(str(resource))
             if entry is not None:
                 self.cache_reads.setdefault(entry, set()).add(resource)
                 if module is not None:
@@ -330,9 +335,15 @@ class ModuleGraph:
         memo = memoised_caller(self.is_project_file)
         with self._lock:
             self.request_reads.add(resolved)
+            self._files_read.add(str(resolved))
             self._memo_asked.add(key)
             if memo is not None:
                 self.memo_reads.setdefault(resolved, set()).add(memo)
+
+    def was_read(self, path: str) -> bool:
+        """Whether project code ever read the file at `path` (asked from the watcher's thread,
+        for every change it sees: one lookup, and an `lstat` for a path not found as given)."""
+        return path in self._files_read or self._realpath(path) in self._files_read
 
     def listed(self, directory: object) -> None:
         """A directory's entries were listed: a module or cache entry that did depends on them.

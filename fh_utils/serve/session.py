@@ -421,7 +421,7 @@ class DevSession:
                 self._stop_watching()
 
         self._watcher = Watcher(self.watch.dirs, self._filter, self.watch.ignores, report,
-                                self._stop, WATCH_STEP_MS, WATCH_QUIET_MS)
+                                self._stop, WATCH_STEP_MS, WATCH_QUIET_MS, self.reloader.reads)
         thread = threading.Thread(target=self._watcher.run, daemon=True, name="fh_utils-watcher")
         thread.start()
         # A save made from now on is seen (the app is imported next: no edit falls between).

@@ -57,13 +57,15 @@ class Watcher:
     `ignore(path)` tells directories not to ring the doorbell for (virtual environments, .git,
     caches); `keep(change, path)` is watchfiles' filter. `stop` ends it. A burst is over once
     the doorbell stayed quiet for `quiet_ms`; without a doorbell, watchfiles' loop looks every
-    `step_ms` (and that is its quiet window too).
+    `step_ms` (and that is its quiet window too). `reads(path)` tells the files besides `.py`
+    sources that a reload reads (a template, a model's weights): like a source, one open for
+    writing holds its burst (see `_burst`). It is asked in the watcher's thread.
     """
 
     def __init__(self, dirs: Iterable[Path], keep: Callable[[Change, str], bool],
                  ignore: Callable[[Path], bool], report: Callable[[Changes], None],
-                 stop: threading.Event, step_ms: int = 3, quiet_ms: int | None = None
-                 ) -> None:
+                 stop: threading.Event, step_ms: int = 3, quiet_ms: int | None = None,
+                 reads: Callable[[str], bool] = lambda path: False) -> None:
         self.dirs = [Path(d) for d in dirs]
         self.keep = keep
         self.ignore = ignore
@@ -71,6 +73,7 @@ class Watcher:
         self.stop = stop
         self.step_ms = step_ms
         self.quiet_ms = step_ms if quiet_ms is None else quiet_ms
+        self.reads = reads
         self.ready = threading.Event()  # set once changes are being seen
         self._repeats = Repeats()
         self._wake_r, self._wake_w = os.pipe()
@@ -122,7 +125,7 @@ class Watcher:
                     paths = [str(d) for d in self.dirs] + ([marker.dir] if marker else [])
                     with notifier(paths, force_polling=_polling_forced(),
                                   poll_delay_ms=_poll_delay_ms()) as notify:
-                        doorbell = _Doorbell.create(self.dirs, self.ignore)
+                        doorbell = _Doorbell.create(self.dirs, self.ignore, self._read)
                         self.ready.set()
                         if doorbell is None or marker is None:
                             self._loop_without_doorbell(notify)
@@ -152,6 +155,10 @@ class Watcher:
                         pass
             self._answer(flushes)
 
+    def _read(self, path: str) -> bool:
+        """Whether a reload reads the file: a source, or one of `reads`."""
+        return path.endswith(".py") or self.reads(path)
+
     def _take_flushes(self) -> list[Callable[[], None]]:
         with self._lock:
             flushes, self._flushes = self._flushes, []
@@ -177,8 +184,9 @@ class Watcher:
                 return
             found = {(int(Change.added), path) for path in doorbell.take_found()}
             covered, self._covered = self._covered, []
-            # What watchfiles saw may go past the quiet moment: a source file a writer has just
-            # truncated is held back, and reported with the burst that sees it closed.
+            # What watchfiles saw may go past the quiet moment: a file a reload reads that a
+            # writer has just truncated is held back, and reported with the burst that sees it
+            # closed.
             ringing = _readable(doorbell.fd)
             if ringing:
                 self._covered += self._take_flushes()  # (before the read: it covers them)
@@ -229,11 +237,12 @@ class Watcher:
         """Sleep until the doorbell rings (`ringing`: it has, and was read), then until it stays
         quiet for `quiet_ms` (at most `DEBOUNCE_MS`). False when stopped.
 
-        A source file written in place (truncated, then written) may be quiet for a moment
-        half-written, when its writer is slow or the machine loaded: while a `.py` file is
-        open for writing, the burst goes on until its writer closes it (`WRITE_WAIT_MS` at
-        most, counted from the quiet moment or from the `DEBOUNCE_MS` cap), so that no reload
-        reads the half.
+        A file written in place (truncated, then written) may be quiet for a moment
+        half-written, when its writer is slow or the machine loaded: while a file a reload
+        reads (a `.py` source, or one of `reads`: a model's weights) is open for writing, the
+        burst goes on until its writer closes it (`WRITE_WAIT_MS` at most, counted from the
+        quiet moment or from the `DEBOUNCE_MS` cap), so that no reload reads the half. Other
+        files (a log the app keeps open) hold nothing.
         """
         deadline = write_deadline = None
         timeout: float | None = None
@@ -278,7 +287,7 @@ class Watcher:
             deadline = deadline or now + DEBOUNCE_MS / 1000
             if now > deadline:
                 # Changes that never stop (a log in the project) end the burst here, but a
-                # source file still open for writing is held for its writer all the same.
+                # file a reload reads still open for writing is held for its writer all the same.
                 if doorbell.writing:
                     write_deadline = write_deadline or now + WRITE_WAIT_MS / 1000
                     if now < write_deadline:
@@ -383,16 +392,19 @@ class _Marker:
 class _Doorbell:
     """An inotify descriptor watching every directory under the roots (but ignored ones)."""
 
-    def __init__(self, fd: int, libc: ctypes.CDLL, ignore: Callable[[Path], bool]) -> None:
+    def __init__(self, fd: int, libc: ctypes.CDLL, ignore: Callable[[Path], bool],
+                 read: Callable[[str], bool]) -> None:
         self.fd = fd
         self._libc = libc
         self._ignore = ignore
+        self._read = read
         self._dirs: dict[int, Path] = {}
         self._found: set[str] = set()
-        self.writing: set[str] = set()  # .py files created or written, not closed yet
+        self.writing: set[str] = set()  # files a reload reads, created or written, not closed yet
 
     @classmethod
-    def create(cls, roots: list[Path], ignore: Callable[[Path], bool]) -> _Doorbell | None:
+    def create(cls, roots: list[Path], ignore: Callable[[Path], bool],
+               read: Callable[[str], bool]) -> _Doorbell | None:
         """None where inotify cannot be used (not Linux, polling forced, too many dirs)."""
         if not _doorbell_possible():
             return None
@@ -404,7 +416,7 @@ class _Doorbell:
             return None
         if fd < 0:
             return None
-        doorbell = cls(fd, libc, ignore)
+        doorbell = cls(fd, libc, ignore, read)
         try:
             for root in roots:
                 doorbell._add_tree(root)
@@ -451,7 +463,7 @@ class _Doorbell:
 
     def drain(self) -> None:
         """Read every pending event: watch directories created meanwhile, and note which
-        source files are open for writing."""
+        files a reload reads are open for writing."""
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -471,12 +483,13 @@ class _Doorbell:
                 if mask & _IN_ISDIR:
                     if mask & (_IN_CREATE | _IN_MOVED_TO):
                         self._watch_new(parent / os.fsdecode(name))
-                elif name.endswith(b".py"):
+                else:
                     path = str(parent / os.fsdecode(name))
-                    if mask & _IN_MODIFY or (mask & _IN_CREATE and not os.path.islink(path)):
-                        self.writing.add(path)  # (a new file is open: it is closed next)
-                    elif mask & (_IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM):
+                    if mask & (_IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM):
                         self.writing.discard(path)
+                    elif ((mask & _IN_MODIFY or (mask & _IN_CREATE and not os.path.islink(path)))
+                          and self._read(path)):
+                        self.writing.add(path)  # (a new file is open: it is closed next)
 
     def _watch_new(self, directory: Path) -> None:
         if not self._ignore(directory):
