@@ -16,6 +16,9 @@ WATCH_STEP_MS = 2
 DEBOUNCE_MS = 1_600  # a burst of changes is reported after this long at most (watchfiles')
 COLLECT_TIMEOUT_MS = 20  # waiting, without sleeping, for watchfiles to report what rang
 LATE_TIMEOUT_MS = 2_000  # then waiting for it, stepping, when it lags (a loaded machine)
+# Then reporting what came, and looking again at once (what lags may be a save that nothing
+# rings for again), for this long at most: a marker that never shows up is not waited on.
+LATE_GIVE_UP_MS = 30_000
 WRITE_WAIT_MS = 2_000  # a file a reload reads, open for writing, holds its burst this long at most
 WATCHER_READY = 5.0  # the watcher setting up its watches, at most, before the app is imported
 ATOMIC_SAVE_GRACE = 0.05  # a module's file gone in the middle of an editor's save

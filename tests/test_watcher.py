@@ -3,6 +3,7 @@ never half-written; close() ends it."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import queue
@@ -13,19 +14,26 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from watchfiles import Change
 
 from fh_utils.watch import watcher as watcher_module
 from fh_utils.watch.watcher import Repeats, Watcher, _Doorbell, _Marker
-from tests.conftest import write
+from tests.conftest import wait_until, write
 
 Reports = queue.Queue[set[tuple[Change, str]]]
 
 
 @pytest.fixture
 def watched(tmp_path: Path) -> Iterator[tuple[Reports, Watcher]]:
+    with watching(tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def watching(tmp_path: Path) -> Iterator[tuple[Reports, Watcher]]:
     reports: Reports = queue.Queue()
     stop = threading.Event()
     watcher = Watcher([tmp_path], keep=lambda change, path: not path.endswith(".log"),
@@ -174,6 +182,62 @@ def test_a_source_file_open_for_writing_is_reported_once_its_writer_closes_it(tm
             reports.get(timeout=0.5)
         file.write("second = 'half'\n")
     assert paths(reports, {target}) == {str(target)}
+
+
+class Lagging:
+    """watchfiles' notifier, handing nothing over until `until` (its thread lagging)."""
+
+    def __init__(self, notify: Any) -> None:
+        self.notify = notify
+        self.until = 0.0
+
+    def watch(self, *args: Any) -> Any:
+        return "timeout" if time.monotonic() < self.until else self.notify.watch(*args)
+
+    def __enter__(self) -> Lagging:
+        self.notify.__enter__()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.notify.__exit__(*args)
+
+
+@linux_only  # without the doorbell, watchfiles' loop takes whatever comes, whenever
+def test_a_save_watchfiles_hands_over_late_is_reported_with_nothing_else_changing(
+        tmp_path, monkeypatch):
+    # Under load, watchfiles' thread may read a save later than the watcher's patience: the
+    # save must not wait for some other change to ring the doorbell again.
+    monkeypatch.setattr(watcher_module, "LATE_TIMEOUT_MS", 50)
+    notifiers: list[Lagging] = []
+    real = watcher_module.notifier
+    monkeypatch.setattr(watcher_module, "notifier",
+                        lambda *args, **kwargs: notifiers.append(Lagging(real(*args, **kwargs)))
+                        or notifiers[-1])
+    with watching(tmp_path) as (reports, _):
+        notifiers[0].until = time.monotonic() + 0.5  # ten times the patience
+        target = write(tmp_path / "app.py", "x = 1\n")
+        assert paths(reports, {target}) == {str(target)}
+
+
+@linux_only
+def test_a_watcher_whose_marker_never_shows_up_says_so_and_goes_on(tmp_path, monkeypatch,
+                                                                   caplog):
+    monkeypatch.setattr(watcher_module, "LATE_TIMEOUT_MS", 20)
+    monkeypatch.setattr(watcher_module, "LATE_GIVE_UP_MS", 200)
+    notifiers: list[Lagging] = []
+    real = watcher_module.notifier
+    monkeypatch.setattr(watcher_module, "notifier",
+                        lambda *args, **kwargs: notifiers.append(Lagging(real(*args, **kwargs)))
+                        or notifiers[-1])
+    with watching(tmp_path) as (reports, _):
+        notifiers[0].until = float("inf")
+        write(tmp_path / "app.py", "x = 1\n")
+        wait_until(lambda: "has not seen its own marker" in caplog.text, 10,
+                   "the watcher giving up on its marker")
+        notifiers[0].until = 0.0
+        target = write(tmp_path / "other.py", "y = 2\n")  # rings: everything comes now
+        assert paths(reports, {target, tmp_path / "app.py"}) == {str(target),
+                                                                 str(tmp_path / "app.py")}
 
 
 @linux_only  # the hold needs the doorbell's IN_CLOSE_WRITE

@@ -34,7 +34,13 @@ from watchfiles import Change
 
 from fh_utils.adapters import IncompatibleVersion
 from fh_utils.adapters.watchfiles import Notifier, notifier
-from fh_utils.timing import COLLECT_TIMEOUT_MS, DEBOUNCE_MS, LATE_TIMEOUT_MS, WRITE_WAIT_MS
+from fh_utils.timing import (
+    COLLECT_TIMEOUT_MS,
+    DEBOUNCE_MS,
+    LATE_GIVE_UP_MS,
+    LATE_TIMEOUT_MS,
+    WRITE_WAIT_MS,
+)
 
 __all__ = ["Watcher"]
 
@@ -83,6 +89,7 @@ class Watcher:
         self._flushes: list[Callable[[], None]] = []  # asked for, not yet covered by a read
         self._covered: list[Callable[[], None]] = []  # covered: answered after this burst
         self._ended = False
+        self._behind_since: float | None = None  # watchfiles lagging: see `_loop`
 
     def flush(self, done: Callable[[], None]) -> None:
         """Call `done` (in the watcher's thread) once every change made before this call has
@@ -175,6 +182,10 @@ class Watcher:
         held: set[tuple[int, str]] = set()
         ringing = False
         while not self.stop.is_set():
+            # watchfiles lagged past `LATE_TIMEOUT_MS`: what it has not handed over yet may be
+            # a save that nothing rings for again. Look at once, until it caught up (or, if its
+            # marker never shows up, `LATE_GIVE_UP_MS` later, until the next change rings).
+            ringing = ringing or self._behind_since is not None
             if not self._burst(doorbell, marker, ringing):
                 return
             # Nothing more for `quiet_ms`: the burst (an editor's atomic save) is over. Take
@@ -225,10 +236,18 @@ class Watcher:
             if isinstance(changes, set):
                 collected |= changes
                 if any(path == marker.last for _, path in changes):
+                    self._behind_since = None
                     break
             if late > LATE_TIMEOUT_MS / 1000:
-                logger.debug("The file watcher did not see its marker within %d ms",
-                             LATE_TIMEOUT_MS)
+                now = time.monotonic()
+                self._behind_since = self._behind_since or started
+                if now - self._behind_since > LATE_GIVE_UP_MS / 1000:
+                    logger.warning("The file watcher has not seen its own marker for %.0f s: "
+                                   "changes may be reported late", now - self._behind_since)
+                    self._behind_since = None
+                else:
+                    logger.debug("The file watcher did not see its marker within %d ms",
+                                 LATE_TIMEOUT_MS)
                 break
         marker.clear()
         return {(change, path) for change, path in collected if not marker.owns(path)}
