@@ -210,7 +210,10 @@ class Watcher:
                 if changes or found:
                     self._report(changes | found)
             finally:
-                self._answer(covered)  # after the report: the session hears of it first
+                if self._behind_since is None:
+                    self._answer(covered)  # after the report: the session hears of it first
+                else:  # what watchfiles has yet to hand over may be a save made before them
+                    self._covered = covered + self._covered
 
     def _collect(self, notify: Notifier, marker: _Marker) -> set[tuple[int, str]] | None:
         """The changes watchfiles' thread has seen up to the burst's last marker; None when
