@@ -360,6 +360,29 @@ def test_file_outside_the_watched_directories_is_not_tracked(tmp_path, tmp_path_
     assert graph.reads["mod"] == {inside.resolve()}
 
 
+def test_files_read_are_held_for_their_writer_but_not_those_the_app_writes(tmp_path):
+    # The watcher holds a save of a file a reload reads until its writer closes it; a file
+    # the app writes itself may be kept open by the app for good (a history it appends to).
+    weights, history = write(tmp_path / "weights.txt", "w"), write(tmp_path / "history.txt", "")
+    graph = ModuleGraph([tmp_path])
+    tracking.activate(graph)
+    try:
+        graph.begin("mod", tmp_path / "mod.py")
+        weights.read_text()
+        history.read_text()
+        graph.end("mod")
+        with open(history, "a") as file:  # at request time, say
+            file.write("a visit\n")
+    finally:
+        tracking.deactivate(graph)
+    assert graph.was_read(str(weights))
+    link = tmp_path / "link.txt"
+    link.symlink_to(weights)
+    assert graph.was_read(str(link))  # (the watcher sees the path it watches)
+    assert not graph.was_read(str(history))
+    assert not graph.was_read(str(tmp_path / "never.txt"))
+
+
 @pytest.mark.parametrize("listing", [
     'os.listdir("plugins")',
     'list(os.scandir("plugins"))',

@@ -102,9 +102,10 @@ class ModuleGraph:
         # Files read while a request was handled (a template, a Markdown page): a change to one
         # re-runs nothing, but the pages that show it are refreshed (`--live`).
         self.request_reads: set[Path] = set()
-        # Every file a module, a cache entry or a request read so far, as text (never emptied:
-        # the watcher holds a save of one until its writer closes it, `was_read`).
+        # Every file a module, a cache entry or a request read so far, and every one the app
+        # opened for writing, as text (never emptied: see `was_read`).
         self._files_read: set[str] = set()
+        self._files_written: set[str] = set()
         # Of those, the ones a memoised function read (functools.cache and the like): a change
         # empties its cache, so the next call reads the file again, as in a fresh process.
         self.memo_reads: dict[Path, set[tuple[str, str]]] = {}
@@ -321,6 +322,7 @@ class ModuleGraph:
             existed = resolved.exists()
             with self._lock:
                 self._written.add(resolved)
+                self._files_written.add(str(resolved))
                 if existed:  # changed, not made: a fresh process would change it again
                     self.overwritten.add(resolved)
         elif module_run:
@@ -341,9 +343,17 @@ class ModuleGraph:
                 self.memo_reads.setdefault(resolved, set()).add(memo)
 
     def was_read(self, path: str) -> bool:
-        """Whether project code ever read the file at `path` (asked from the watcher's thread,
-        for every change it sees: one lookup, and an `lstat` for a path not found as given)."""
-        return path in self._files_read or self._realpath(path) in self._files_read
+        """Whether project code ever read the file at `path`, and never wrote it: the watcher
+        holds a save of one until its writer closes it, but a file the app writes itself (a
+        history it loads, then appends to through a handle it keeps open) holds nothing.
+
+        Asked from the watcher's thread, for every change it sees: a lookup or two, and an
+        `lstat` for a path not found as given."""
+        if path not in self._files_read:
+            path = self._realpath(path)
+            if path not in self._files_read:
+                return False
+        return path not in self._files_written
 
     def listed(self, directory: object) -> None:
         """A directory's entries were listed: a module or cache entry that did depends on them.
