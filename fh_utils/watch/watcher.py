@@ -226,7 +226,8 @@ class Watcher:
         only watchfiles watches, and changes are taken until the last one shows up: the events
         come in order, so whatever rang before it is in by then (usually at once: it was made
         `quiet_ms` ago). Collecting starts without sleeping between looks; when watchfiles lags,
-        it steps, for `LATE_TIMEOUT_MS` at most.
+        it steps, for `LATE_TIMEOUT_MS` at most, and what came is reported: the loop then looks
+        again at once (`_behind_since`).
         """
         collected: set[tuple[int, str]] = set()
         started = time.monotonic()
