@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -98,7 +101,10 @@ class DevServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cwd / f"server-{self.port}.log"
         self._log_file = self.log_path.open("wb")
-        full_env = child_env(env)
+        # fh_utils' debug lines, for a failure's message: outside the project, never watched.
+        self._debug_dir = tempfile.mkdtemp(prefix="fh_utils-test-debug-")
+        self.debug_log_path = Path(self._debug_dir) / "debug.log"
+        full_env = {"FH_UTILS_DEBUG_LOG": str(self.debug_log_path), **child_env(env)}
         if command is None:  # a script, e.g. `python app.py` calling fh_utils.serve()
             argv = [sys.executable, *args]
             full_env["PORT"] = str(self.port)
@@ -118,6 +124,19 @@ class DevServer:
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def diagnosis(self) -> str:
+        """The server's log without the access lines, and fh_utils' debug lines (the end of
+        each): what a failure's message shows."""
+        lines = [line for line in self.log.splitlines() if '" 200 OK' not in line
+                 and not re.search(r'"(GET|POST|HEAD) \S+ HTTP/1\.1" \d+', line)]
+        try:  # (the server's own log changes with each request: left out too)
+            debug = "\n".join(line for line in self.debug_log_path.read_text(
+                errors="replace").splitlines() if self.log_path.name not in line)
+        except OSError:
+            debug = "(none)"
+        return ("server log, access lines left out:\n" + "\n".join(lines)[-4000:]
+                + "\nfh_utils' debug log:\n" + debug[-6000:])
 
     def wait_ready(self) -> None:
         def ready() -> bool:
@@ -149,7 +168,7 @@ class DevServer:
 
         def what() -> str:  # on a timeout: what was served instead, and the server's log
             served = last[0][:500] if last else "nothing"
-            return f"{text!r} at {path}; served: {served!r}\nserver log:\n{self.log[-4000:]}"
+            return f"{text!r} at {path}; served: {served!r}\n{self.diagnosis()}"
 
         return wait_until(check, timeout, what)  # type: ignore[return-value]
 
@@ -163,6 +182,7 @@ class DevServer:
         self.client.close()
         returncode = stop_process(self.proc)
         self._log_file.close()
+        shutil.rmtree(self._debug_dir, ignore_errors=True)
         return returncode
 
 

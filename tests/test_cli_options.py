@@ -179,6 +179,21 @@ def test_clear_wipes_the_terminal_before_each_reload(tmp_path, serve):
     assert "\x1b[2J" in log.split("Reloaded app.py")[0]
 
 
+def test_debug_log_file_gets_debug_lines_and_the_console_stays_as_it_was(tmp_path, serve):
+    # FH_UTILS_DEBUG_LOG (the test servers all set it: a failure's message shows the file)
+    write(tmp_path / "app.py", APP.format(text="one"))
+    server = serve("app.py")
+    write(tmp_path / "app.py", APP.format(text="two"))
+    server.wait_text("two")
+    server.wait_log("Reloaded app.py")
+    wait_until(lambda: "DEBUG Re-executed, in order: app" in
+               server.debug_log_path.read_text(), 10, "the reload's debug line in the file")
+    debug = server.debug_log_path.read_text()
+    assert f"pid {server.proc.pid} MainThread INFO Reloaded app.py" in debug
+    assert "fh_utils-watcher DEBUG Changed: " in debug
+    assert "Re-executed" not in server.log and "DEBUG" not in server.log
+
+
 def test_missing_app_attribute_exits_with_one_line(tmp_path, serve):
     write(tmp_path / "app.py", APP.format(text="x"))
     server = serve("app.py", "--app", "api", ready=False)

@@ -148,6 +148,15 @@ def uvicorn_log_config(level: str | None, log_format: str = "text") -> dict[str,
     config["loggers"]["watchfiles"] = {"level": "WARNING"}
     if level:
         config["loggers"]["fh_utils"]["level"] = level.upper()
+    trace = os.environ.get("FH_UTILS_DEBUG_LOG")
+    if trace:  # every line fh_utils logs, debug ones too, in this file (for a bug report)
+        config["handlers"]["default"]["level"] = config["loggers"]["fh_utils"]["level"]
+        config["formatters"]["debug"] = {
+            "format": "%(asctime)s pid %(process)d %(threadName)s %(levelname)s %(message)s"}
+        config["handlers"]["debug_file"] = {"class": "logging.FileHandler", "filename": trace,
+                                            "formatter": "debug", "level": "DEBUG"}
+        config["loggers"]["fh_utils"]["handlers"].append("debug_file")
+        config["loggers"]["fh_utils"]["level"] = "DEBUG"
     return config
 
 

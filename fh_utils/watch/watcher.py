@@ -336,8 +336,12 @@ class Watcher:
         changes = {(Change(int(c)), p) for c, p in raw}
         kept = {(c, p) for c, p in changes if self.keep(c, p)}
         new = {p for p in {p for _, p in kept} if not self._repeats.seen(Path(p))}
+        if len(new) < len({p for _, p in kept}):
+            logger.debug("Reported again, unchanged: %s",
+                         ", ".join(sorted({p for _, p in kept} - new)))
         kept = {(c, p) for c, p in kept if p in new}
         if kept:
+            logger.debug("Changed: %s", ", ".join(sorted(p for _, p in kept)))
             self.report(kept)
 
 
