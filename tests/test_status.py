@@ -56,7 +56,7 @@ def test_an_agent_saves_waits_and_sees_the_new_code(tmp_path: Path, serve):
     for i in range(1, 6):
         (tmp_path / "helpers.py").write_text(f"TEXT = 'v{i}'\n")
         done = run_status(server.url, "--wait")
-        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr + server.diagnosis()
         assert done.stdout.startswith("live: reloaded helpers.py in place"), done.stdout
         assert f"<h1>v{i}</h1>" in server.get("/").text, f"save {i} was not live"
 
@@ -76,7 +76,7 @@ def test_a_failed_reload_exits_1_with_the_error_and_a_fix_exits_0(tmp_path: Path
     server = serve("app.py", cwd=project(tmp_path))
     (tmp_path / "helpers.py").write_text("TEXT = (\n")
     done = run_status(server.url, "--wait", "--json")
-    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr + server.diagnosis()
     event = json.loads(done.stdout)
     assert event["event"] == "reload" and event["ok"] is False and event["live"] is False
     assert event["files"] == ["helpers.py"]
@@ -88,7 +88,7 @@ def test_a_failed_reload_exits_1_with_the_error_and_a_fix_exits_0(tmp_path: Path
     assert text.stdout.startswith("failed: helpers.py:1: SyntaxError:"), text.stdout
     (tmp_path / "helpers.py").write_text("TEXT = 'fixed'\n")
     done = run_status(server.url, "--wait")
-    assert done.returncode == 0, done.stdout
+    assert done.returncode == 0, done.stdout + server.diagnosis()
     assert "<h1>fixed</h1>" in server.get("/").text
 
 
@@ -188,7 +188,7 @@ def test_wait_follows_a_save_that_restarts_the_worker(tmp_path: Path, serve):
     for version in ("p2", "p3"):
         (tmp_path / "poller.py").write_text(POLLER.format(version=version))
         done = run_status(server.url, "--wait", "--json")
-        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr + server.diagnosis()
         assert server.get().text == f"poller {version}", server.log[-3000:]
         event = json.loads(done.stdout)
         assert event["tier"] == "restart", event
@@ -235,5 +235,5 @@ def test_wait_without_inotify_waits_for_a_round_of_watchfiles_loop(tmp_path: Pat
         wait_until(lambda: int(time.time()) > int(helpers.stat().st_mtime), 2, "the next second")
         helpers.write_text(f"TEXT = 'polled{i}'\n")
         done = run_status(server.url, "--wait")
-        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.returncode == 0, done.stdout + done.stderr + server.diagnosis()
         assert f"<h1>polled{i}</h1>" in server.get("/").text, f"save {i} was not live"
