@@ -202,17 +202,26 @@ class Lagging:
         self.notify.__exit__(*args)
 
 
+@pytest.fixture
+def notifiers(monkeypatch: pytest.MonkeyPatch) -> list[Lagging]:
+    """The watchers started from now on get a `Lagging` notifier: each is listed here."""
+    made: list[Lagging] = []
+    real = watcher_module.notifier
+
+    def lagging(*args: Any, **kwargs: Any) -> Lagging:
+        made.append(Lagging(real(*args, **kwargs)))
+        return made[-1]
+
+    monkeypatch.setattr(watcher_module, "notifier", lagging)
+    return made
+
+
 @linux_only  # without the doorbell, watchfiles' loop takes whatever comes, whenever
 def test_a_save_watchfiles_hands_over_late_is_reported_with_nothing_else_changing(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, notifiers):
     # Under load, watchfiles' thread may read a save later than the watcher's patience: the
     # save must not wait for some other change to ring the doorbell again.
     monkeypatch.setattr(watcher_module, "LATE_TIMEOUT_MS", 50)
-    notifiers: list[Lagging] = []
-    real = watcher_module.notifier
-    monkeypatch.setattr(watcher_module, "notifier",
-                        lambda *args, **kwargs: notifiers.append(Lagging(real(*args, **kwargs)))
-                        or notifiers[-1])
     with watching(tmp_path) as (reports, watcher):
         notifiers[0].until = time.monotonic() + 0.5  # ten times the patience
         target = write(tmp_path / "app.py", "x = 1\n")
@@ -222,14 +231,9 @@ def test_a_save_watchfiles_hands_over_late_is_reported_with_nothing_else_changin
 
 @linux_only
 def test_a_watcher_whose_marker_never_shows_up_says_so_and_goes_on(tmp_path, monkeypatch,
-                                                                   caplog):
+                                                                   caplog, notifiers):
     monkeypatch.setattr(watcher_module, "LATE_TIMEOUT_MS", 20)
     monkeypatch.setattr(watcher_module, "LATE_GIVE_UP_MS", 200)
-    notifiers: list[Lagging] = []
-    real = watcher_module.notifier
-    monkeypatch.setattr(watcher_module, "notifier",
-                        lambda *args, **kwargs: notifiers.append(Lagging(real(*args, **kwargs)))
-                        or notifiers[-1])
     with watching(tmp_path) as (reports, _):
         notifiers[0].until = float("inf")
         write(tmp_path / "app.py", "x = 1\n")
