@@ -512,7 +512,9 @@ class DevSession:
         static = sorted(p for p in paths if p.suffix.lower() in STATIC_SUFFIXES)
         plan = self.reloader.plan(paths)
         if plan is None:
-            logger.debug("Nothing loaded is affected by %s", ", ".join(map(str, sorted(paths))))
+            if logger.isEnabledFor(logging.DEBUG):  # (a log the app writes: each request)
+                logger.debug("Nothing loaded is affected by %s",
+                             ", ".join(map(str, sorted(paths))))
             if static:
                 await self._notify(lambda listener: listener.static_changed(static))
             return None

@@ -335,13 +335,14 @@ class Watcher:
     def _report(self, raw: Iterable[tuple[int, str]]) -> None:
         changes = {(Change(int(c)), p) for c, p in raw}
         kept = {(c, p) for c, p in changes if self.keep(c, p)}
-        new = {p for p in {p for _, p in kept} if not self._repeats.seen(Path(p))}
-        if len(new) < len({p for _, p in kept}):
-            logger.debug("Reported again, unchanged: %s",
-                         ", ".join(sorted({p for _, p in kept} - new)))
+        paths = {p for _, p in kept}
+        new = {p for p in paths if not self._repeats.seen(Path(p))}
+        if new != paths and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Reported again, unchanged: %s", ", ".join(sorted(paths - new)))
         kept = {(c, p) for c, p in kept if p in new}
         if kept:
-            logger.debug("Changed: %s", ", ".join(sorted(p for _, p in kept)))
+            if logger.isEnabledFor(logging.DEBUG):  # (a log the app writes: each request)
+                logger.debug("Changed: %s", ", ".join(sorted(new)))
             self.report(kept)
 
 
